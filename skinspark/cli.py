@@ -1,0 +1,57 @@
+"""What every job's entry point shares: common flags, config resolution and the session's lifetime."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from skinspark.config import ConfigError, Loaded, load_config, parse_overrides
+from skinspark.session import build_session
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--master`, `--config` and repeatable `--conf key=value`, as every job takes them."""
+    parser.add_argument("--master", default=None,
+                        help="Spark master URL (default: spark-submit's, else local[*])")
+    parser.add_argument("--config", default=None,
+                        help="YAML config file (default: the job's file under conf/)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, or a Spark setting when KEY starts with 'spark.'; repeatable")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, cls: type, job: str, flags: Mapping[str, Any]) -> Loaded:
+    """Defaults, then the config file, then `--conf`, then explicit flags (those not None).
+
+    Raises:
+        ConfigError: an unknown key or a badly typed value, naming the key.
+    """
+    overrides = parse_overrides(args.conf)
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    return load_config(cls, args.config, overrides, job=job)
+
+
+@contextlib.contextmanager
+def job_session(app_name: str, master: str | None, conf: Mapping[str, str]) -> Iterator[SparkSession]:
+    """Build the job's session and stop it at the end, unless it was already running (a test's)."""
+    already_running = SparkSession.getActiveSession() is not None
+    spark = build_session(app_name, master, conf)
+    try:
+        yield spark
+    finally:
+        if not already_running:
+            spark.stop()
+
+
+def fail(job: str, message: str, code: int = 2) -> int:
+    """Print one clear line to stderr and return the exit code."""
+    print(f"{job}: error: {message}", file=sys.stderr)
+    return code
+
+
+__all__ = ["ConfigError", "add_common_arguments", "fail", "job_session", "resolve_config"]

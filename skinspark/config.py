@@ -1,0 +1,207 @@
+"""Typed job configuration: frozen defaults, then a YAML file, then `key=value` overrides.
+
+Each job has a frozen dataclass of defaults. `load_config` layers, in order: the dataclass defaults,
+the job's file under `conf/` (or the one given with `--config`), then overrides (`--conf key=value`
+and explicit command-line flags). Keys that start with `spark.` are Spark settings and go to the
+session; any other key must be a field of the job's config, or loading fails naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from skinspark.session import CONF_DIR
+
+C = TypeVar("C")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    height: int = 75  # the paper's input size: 75 x 100 (a 600 x 450 image scaled by 1/6)
+    width: int = 100
+    seed: int = 42  # fixes the lesion split
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test, as in the paper
+    max_bad_fraction: float = 0.05  # more bad input than this fails the job (after writing quarantine)
+    decoder: str = "simplejpeg"  # "simplejpeg" or "pillow"; both use JPEG DCT scaling
+    max_image_bytes: int = 64 * 1024 * 1024  # a larger file is quarantined, not decoded
+    partition_mb: int = 64  # bytes of JPEG per read task: few tasks, bounded memory per task
+    open_cost_bytes: int = 8192  # Spark's per-file open cost; its 4 MB default makes tiny tasks
+    arrow_batch_size: int = 256  # rows per Arrow batch handed to the decoder (~30 MB of JPEG bytes)
+    rows_per_file: int = 4096  # ~90 MB of 75x100 tensors per Parquet file
+    row_group_mb: int = 32  # Parquet row groups of tens of MB suit Petastorm's streaming reader
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: str = "paper_cnn"
+    epochs: int = 25  # the paper's
+    batch_size: int = 32  # per rank
+    learning_rate: float = 0.001  # Adam's default, scaled by the number of ranks
+    warmup_epochs: int = 1  # ramp the scaled learning rate up over this many epochs
+    class_weight: str = "balanced"  # "balanced" or "none"
+    augment: bool = True  # random horizontal and vertical flips
+    reduce_lr_patience: int = 3  # ReduceLROnPlateau on validation loss
+    reduce_lr_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    dropout: float = 0.5
+    seed: int = 42
+    num_proc: int = 0  # 0: the Spark application's task slots
+    shuffle_buffer: int = 2048  # rows
+    start_timeout_s: int = 600  # Horovod's wait for all ranks to start
+    workers_per_rank: int = 1  # Petastorm reader threads per rank
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    batch_size: int = 256  # images per model.predict call and per Arrow batch
+    mode: str = "overwrite"  # "overwrite" or "resume"
+    max_image_bytes: int = 64 * 1024 * 1024  # larger files get an error row, not a decode
+    files_per_partition: int = 2048  # one commit unit: a kill loses at most the partitions in flight
+    chunk_files: int = 20000  # files per resumable chunk (one Parquet write each)
+
+
+JOB_CONFIGS: dict[str, type] = {"ingest": IngestConfig, "train": TrainConfig, "score": ScoreConfig}
+
+
+class ConfigError(ValueError):
+    """A configuration file or override names an unknown key or has a value of the wrong type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded(typing.Generic[C]):
+    """A resolved job config plus the Spark settings collected from the same sources."""
+
+    job: C
+    spark: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job": dataclasses.asdict(self.job), "spark": dict(self.spark)}
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (the form `--config` reads back), written beside job outputs."""
+        data = dataclasses.asdict(self.job)
+        data = {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+        if self.spark:
+            data["spark"] = dict(self.spark)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
+    """Turn `["a=1", "spark.x=y"]` into a dict; raises ConfigError for an item without `=`."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--conf expects key=value, got {pair!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    job: str | None = None,
+) -> Loaded[C]:
+    """Resolve a job config: dataclass defaults, then a YAML file, then overrides.
+
+    Args:
+        cls: the job's config dataclass (IngestConfig, TrainConfig, ScoreConfig).
+        path: a YAML file; None reads `conf/<job>.yaml` when it exists.
+        overrides: key -> value (strings are parsed as YAML scalars); `spark.*` keys are Spark settings.
+        job: the job's name, used to find its default file.
+
+    Returns:
+        Loaded(job=<cls instance>, spark=<Spark settings>).
+
+    Raises:
+        ConfigError: unknown key, wrong type, or an unreadable file.
+    """
+    values: dict[str, Any] = {}
+    spark: dict[str, str] = {}
+    if path is None and job is not None and (CONF_DIR / f"{job}.yaml").is_file():
+        path = CONF_DIR / f"{job}.yaml"
+    if path is not None:
+        file_values = _read_yaml(Path(path))
+        spark.update({str(k): str(v) for k, v in (file_values.pop("spark", None) or {}).items()})
+        _merge(cls, values, spark, file_values, source=str(path))
+    _merge(cls, values, spark, dict(overrides or {}), source="overrides")
+    try:
+        return Loaded(job=cls(**values), spark=spark)
+    except TypeError as error:  # pragma: no cover - fields are checked above
+        raise ConfigError(str(error)) from error
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def _merge(cls: type, values: dict, spark: dict, new: Mapping[str, Any], source: str) -> None:
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, raw in new.items():
+        if key.startswith("spark."):
+            spark[key] = str(raw)
+            continue
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key {key!r} in {source} for {cls.__name__} (known: {known})")
+        values[name] = _coerce(hints[name], raw, key, source)
+
+
+def _coerce(hint: Any, raw: Any, key: str, source: str) -> Any:
+    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            return raw if isinstance(raw, str) else str(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            item_type = typing.get_args(hint)[0]
+            result = tuple(_coerce(item_type, str(item).strip(), key, source) for item in items)
+            if len(result) != len(typing.get_args(hint)):
+                raise TypeError
+            return result
+        if isinstance(hint, types.UnionType):  # pragma: no cover - no optional fields yet
+            return value
+    except (TypeError, ValueError, yaml.YAMLError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"config key {key!r} in {source}: {raw!r} is not a valid {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint)
+
+
+def describe(loaded: Loaded) -> str:
+    """A compact JSON rendering of a resolved config, for logs and manifests."""
+    return json.dumps(loaded.to_dict(), sort_keys=True)

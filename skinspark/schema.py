@@ -1,0 +1,106 @@
+"""Column names, types and the label vocabulary: the one place every job refers to.
+
+The label order is fixed: a label's index here is the `label` column of the ingested table, the
+model's output unit and the `prob_<label>` column order of scoring. Never reorder it.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+# The seven HAM10000 diagnoses, in the fixed order used everywhere (alphabetical, as in the
+# dataset's documentation).
+LABELS: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+LABEL_NAMES: dict[str, str] = {
+    "akiec": "Actinic keratoses and intraepithelial carcinoma",
+    "bcc": "Basal cell carcinoma",
+    "bkl": "Benign keratosis-like lesions",
+    "df": "Dermatofibroma",
+    "mel": "Melanoma",
+    "nv": "Melanocytic nevi",
+    "vasc": "Vascular lesions",
+}
+LABEL_INDEX: dict[str, int] = {label: index for index, label in enumerate(LABELS)}
+NUM_CLASSES = len(LABELS)
+
+# Class counts of the real HAM10000 release (10,015 images, 7,470 lesions).
+HAM10000_CLASS_COUNTS: dict[str, int] = {
+    "akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142,
+}
+HAM10000_IMAGES = 10015
+HAM10000_LESIONS = 7470
+IMAGE_FOLDERS: tuple[str, ...] = ("HAM10000_images_part_1", "HAM10000_images_part_2")
+METADATA_FILE = "HAM10000_metadata.csv"
+
+SEX_VALUES: tuple[str, ...] = ("male", "female", "unknown")
+DX_TYPES: tuple[str, ...] = ("histo", "follow_up", "consensus", "confocal")
+AGE_MIN, AGE_MAX = 0.0, 120.0
+
+# Metadata CSV. The current release adds an eighth column `dataset`; older copies have seven.
+# Extra columns are carried through as strings rather than rejected.
+METADATA_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+OPTIONAL_METADATA_COLUMNS: tuple[str, ...] = ("dataset",)
+# Read every column as a string and validate row by row: a typed read would turn a bad `age` into a
+# silent null instead of a quarantined row.
+METADATA_SCHEMA = T.StructType([T.StructField(name, T.StringType(), True) for name in METADATA_COLUMNS])
+
+# Column names shared by ingest, training and scoring.
+IMAGE_ID = "image_id"
+LESION_ID = "lesion_id"
+DX = "dx"
+LABEL = "label"
+DX_TYPE = "dx_type"
+AGE = "age"
+SEX = "sex"
+LOCALIZATION = "localization"
+IMAGE = "image"
+HEIGHT = "height"
+WIDTH = "width"
+SOURCE_PATH = "source_path"
+SPLIT = "split"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+# The ingested table (partition column `split` lives in the directory names).
+INGESTED_SCHEMA = T.StructType([
+    T.StructField(IMAGE_ID, T.StringType(), False),
+    T.StructField(LESION_ID, T.StringType(), False),
+    T.StructField(DX, T.StringType(), False),
+    T.StructField(LABEL, T.IntegerType(), False),
+    T.StructField(DX_TYPE, T.StringType(), True),
+    T.StructField(AGE, T.FloatType(), True),
+    T.StructField(SEX, T.StringType(), True),
+    T.StructField(LOCALIZATION, T.StringType(), True),
+    T.StructField(IMAGE, T.BinaryType(), False),
+    T.StructField(HEIGHT, T.IntegerType(), False),
+    T.StructField(WIDTH, T.IntegerType(), False),
+    T.StructField(SOURCE_PATH, T.StringType(), False),
+])
+
+# Quarantine rows (ingest) and the reason codes they carry.
+QUARANTINE_SCHEMA = T.StructType([
+    T.StructField("item", T.StringType(), False),  # "file" (an image file) or "row" (a CSV row)
+    T.StructField("source_path", T.StringType(), True),
+    T.StructField("image_id", T.StringType(), True),
+    T.StructField("reason", T.StringType(), False),
+    T.StructField("message", T.StringType(), False),
+])
+REASON_UNDECODABLE = "undecodable_image"
+REASON_TRUNCATED = "truncated_image"
+REASON_EMPTY = "empty_file"
+REASON_TOO_LARGE = "image_too_large"
+REASON_NO_METADATA = "image_without_metadata"
+REASON_NO_IMAGE = "metadata_without_image"
+REASON_DUPLICATE_ID = "duplicate_image_id"
+REASON_DUPLICATE_FILE = "duplicate_file"
+REASON_CONFLICT = "conflicting_image_files"
+REASON_INVALID_FIELD = "invalid_field"
+REASON_DUPLICATE_ROW = "duplicate_row"  # an identical repeat of a CSV row: kept once
+REASON_ROW_REJECTED = "metadata_row_rejected"  # an image whose only metadata rows were rejected
+REASON_IMAGE_REJECTED = "image_rejected"  # a valid row whose image file(s) were all quarantined
+# Recorded for the record but not bad input: the item itself is ingested once.
+BENIGN_REASONS: frozenset[str] = frozenset({REASON_DUPLICATE_FILE, REASON_DUPLICATE_ROW})
+ITEM_FILE = "file"
+ITEM_ROW = "row"
+
+# Scoring output.
+PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{label}" for label in LABELS)

@@ -1,0 +1,67 @@
+"""The one SparkSession builder used by every job and by the tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def build_session(app_name: str, master: str | None = None, conf: Mapping[str, str] | None = None) -> SparkSession:
+    """Build (or reuse) a SparkSession.
+
+    Args:
+        app_name: the application name shown in Spark's UI and logs.
+        master: a Spark master URL. Set only when given, so `spark-submit --master` wins otherwise;
+            with neither, Spark's default applies (`local[*]` when run with plain `python`).
+        conf: extra Spark settings, applied after the defaults below.
+
+    Returns:
+        The active SparkSession.
+    """
+    # Spark's Python workers must run this interpreter, or they cannot import pandas, Horovod or
+    # TensorFlow. PySpark reads the worker interpreter from PYSPARK_PYTHON when the context starts
+    # (spark.pyspark.python only takes effect through spark-submit), so set it unless the user did.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    log4j = CONF_DIR / "log4j2.properties"
+    if log4j.is_file() and "SPARK_SUBMIT_OPTS" not in os.environ and not _inside_spark_submit():
+        # A quiet default log; spark-submit users pass their own with --driver-java-options.
+        os.environ["SPARK_SUBMIT_OPTS"] = f"-Dlog4j2.configurationFile=file:{log4j}"
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    defaults = {
+        # Arrow moves pandas batches between the JVM and Python workers (mapInPandas, pandas UDFs).
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+        # Let adaptive execution shrink shuffles inside cached plans too (Spark 4's default); without
+        # it a cached frame keeps spark.sql.shuffle.partitions (200) tiny tasks.
+        "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
+    }
+    for key, value in {**defaults, **dict(conf or {})}.items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _inside_spark_submit() -> bool:
+    """True when the JVM was already launched by spark-submit (its options can no longer change)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def task_cpus(spark: SparkSession) -> int:
+    """Cores per task (`spark.task.cpus`), which sizes TensorFlow's thread pools in workers."""
+    return int(spark.conf.get("spark.task.cpus", "1"))
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The number of task slots Spark reports for the application."""
+    return int(spark.sparkContext.defaultParallelism)

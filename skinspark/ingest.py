@@ -25,6 +25,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
+from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -128,7 +129,7 @@ def validate_metadata(meta: pd.DataFrame) -> pd.DataFrame:
         rows[name] = rows[name].astype("string").str.strip()
     rows[schema.SEX] = rows[schema.SEX].str.lower()
     age_text = rows[schema.AGE].fillna("")
-    age = pd.to_numeric(age_text, errors="coerce")
+    age = pd.to_numeric(age_text.astype(object), errors="coerce").astype("float64")
     bad_age = (age_text != "") & ~age.between(schema.AGE_MIN, schema.AGE_MAX)
     labels = list(schema.LABELS)
     corrupt = rows[CORRUPT_COLUMN].notna() if CORRUPT_COLUMN in rows else pd.Series(False, index=rows.index)
@@ -145,7 +146,7 @@ def validate_metadata(meta: pd.DataFrame) -> pd.DataFrame:
     ]
     messages = pd.Series([[] for _ in range(len(rows))], index=rows.index, dtype=object)
     for failed, describe in checks:
-        for index in rows.index[failed.to_numpy(dtype=bool)]:
+        for index in rows.index[failed.fillna(False).to_numpy(dtype=bool)]:
             messages[index].append(describe(rows.loc[index]))
     rows["reason"] = None
     rows["message"] = None
@@ -383,10 +384,12 @@ def ingest(
 
     raw_rows = read_metadata(spark, metadata_path).toPandas()
     rows = validate_metadata(raw_rows)
-    decoded = _decoded_files(spark, image_paths, config).persist(StorageLevel.MEMORY_AND_DISK)
+    listing = read_image_files(spark, image_paths)
+    decoded = _decoded_files(listing, config).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         # The one pass that reads and decodes every image; the pixels stay in the persisted frame.
         status = decoded.select(schema.SOURCE_PATH, schema.IMAGE_ID, "sha1", "reason", "message").toPandas()
+        status = pd.concat([status, _unscanned_files(listing.inputFiles(), status)], ignore_index=True)
         if status.empty:
             raise IngestError(f"no .jpg/.jpeg images found under {', '.join(image_paths)}")
         files, rows = resolve_fates(status, rows)
@@ -413,8 +416,29 @@ def ingest(
         decoded.unpersist()
 
 
-def _decoded_files(spark: SparkSession, image_paths: Sequence[str], config: IngestConfig) -> DataFrame:
-    files = read_image_files(spark, image_paths)
+def _unscanned_files(listed: Sequence[str], status: pd.DataFrame) -> pd.DataFrame:
+    """Files Spark listed but its scan never returned: zero-byte files, which file sources skip.
+
+    Without this they would vanish silently; the driver's file index holds the listing anyway.
+    """
+    scanned = {_path_key(path) for path in status[schema.SOURCE_PATH]}
+    missing = sorted(path for path in listed if _path_key(path) not in scanned)
+    return pd.DataFrame({
+        schema.SOURCE_PATH: [_path_key(path) for path in missing],
+        schema.IMAGE_ID: [unquote(path.rsplit("/", 1)[-1]).rsplit(".", 1)[0] for path in missing],
+        "sha1": [None] * len(missing),
+        "reason": [schema.REASON_EMPTY] * len(missing),
+        "message": ["file is empty (0 bytes): listed, but Spark's file scan skips empty files"] * len(missing),
+    })
+
+
+def _path_key(uri: str) -> str:
+    # The file index says file:///a/b, the scan says file:/a/b: compare them in the scan's form.
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else f"{parts.scheme}:{parts.path}"
+
+
+def _decoded_files(files: DataFrame, config: IngestConfig) -> DataFrame:
     # binaryFile pushes the length filter down, so oversized files are listed but never read.
     too_large = files.filter(F.col("length") > config.max_image_bytes).select(
         F.col("path").alias(schema.SOURCE_PATH),

@@ -1,0 +1,32 @@
+"""One hermetic Spark session for the whole test run: local[2], UI off, few shuffle partitions."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from skinspark.session import build_session
+
+    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    session = build_session(
+        "skinspark-tests",
+        master="local[2]",
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.sql.shuffle.partitions": "4",
+            "spark.default.parallelism": "2",
+            "spark.sql.warehouse.dir": str(warehouse),
+            "spark.local.dir": str(tmp_path_factory.mktemp("spark-local")),
+            "spark.driver.memory": "2g",
+        },
+    )
+    try:
+        yield session
+    finally:
+        session.stop()

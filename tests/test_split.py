@@ -1,0 +1,67 @@
+"""Lesion-level, stratified, deterministic split assignment."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skinspark import schema
+from skinspark.split import assign_splits, check_fractions
+
+
+def _lesions(sizes_by_class: dict[str, list[int]]) -> pd.DataFrame:
+    rows = []
+    for dx, sizes in sizes_by_class.items():
+        for number, images in enumerate(sizes):
+            rows.append({"lesion_id": f"HAM_{dx}_{number:05d}", "dx": dx, "images": images})
+    return pd.DataFrame(rows)
+
+
+lesion_sets = st.dictionaries(
+    st.sampled_from(schema.LABELS),
+    st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=120),
+    min_size=1,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lesion_sets, st.integers(min_value=0, max_value=10_000))
+def test_every_lesion_in_exactly_one_split_and_deterministic(sizes, seed):
+    lesions = _lesions(sizes)
+    first = assign_splits(lesions, (0.8, 0.1, 0.1), seed)
+    assert sorted(first["lesion_id"]) == sorted(lesions["lesion_id"])  # each lesion once
+    assert set(first["split"]) <= set(schema.SPLITS)
+    shuffled = lesions.sample(frac=1.0, random_state=seed % 97)
+    second = assign_splits(shuffled, (0.8, 0.1, 0.1), seed)
+    assert first.set_index("lesion_id")["split"].to_dict() == second.set_index("lesion_id")["split"].to_dict()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=4), min_size=150, max_size=400), st.integers(0, 1000))
+def test_each_class_within_two_points_of_the_fractions(sizes, seed):
+    lesions = _lesions({"nv": sizes, "mel": sizes[: len(sizes) // 2]})
+    assigned = lesions.merge(assign_splits(lesions, (0.8, 0.1, 0.1), seed), on="lesion_id")
+    for _, group in assigned.groupby("dx"):
+        total = group["images"].sum()
+        shares = group.groupby("split")["images"].sum() / total
+        for split, target in zip(schema.SPLITS, (0.8, 0.1, 0.1), strict=True):
+            assert abs(shares.get(split, 0.0) - target) <= 0.02, (split, shares.to_dict())
+
+
+def test_different_seeds_give_different_assignments():
+    lesions = _lesions({"nv": [1] * 300})
+    one = assign_splits(lesions, (0.8, 0.1, 0.1), 1).set_index("lesion_id")["split"]
+    two = assign_splits(lesions, (0.8, 0.1, 0.1), 2).set_index("lesion_id")["split"]
+    assert (one.sort_index() != two.sort_index()).sum() > 10
+
+
+def test_bad_fractions_are_rejected():
+    with pytest.raises(ValueError, match="sum to 1"):
+        check_fractions((0.8, 0.1, 0.2))
+    with pytest.raises(ValueError, match="three"):
+        check_fractions((0.5, 0.5))
+    with pytest.raises(ValueError, match="once"):
+        assign_splits(pd.DataFrame({"lesion_id": ["a", "a"], "dx": ["nv", "nv"], "images": [1, 1]}),
+                      (0.8, 0.1, 0.1), 0)

@@ -35,13 +35,14 @@ $(STAMP): pyproject.toml | check-tools
 			"$(call pin,horovod)" || exit 1; \
 	fi
 	$(PY) -m pip install --quiet -e ".[test,lint]"
-	@$(PY) -c 'import horovod.tensorflow, pyspark, petastorm, tensorflow as tf; print("setup: ok, tensorflow", tf.__version__, "pyspark", pyspark.__version__)'
+	@TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c 'import horovod.tensorflow, pyspark, petastorm, tensorflow as tf; print("setup: ok, tensorflow", tf.__version__, "pyspark", pyspark.__version__)'
 	@touch $(STAMP)
 
 demo: setup
 	$(PY) -m skinspark.demo --output $(DEMO_DIR)
 
 test: setup
+	$(VENV)/bin/ruff check --quiet .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

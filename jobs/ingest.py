@@ -20,23 +20,38 @@ from skinspark.ingest import IngestError, ingest, summary
 
 def args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", nargs="+", required=True, metavar="PATH",
-                        help="directories (searched recursively for *.jpg/*.jpeg, any case) or globs; any Hadoop URI")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="directories (searched recursively for *.jpg/*.jpeg, any case) or globs; any Hadoop URI",
+    )
     parser.add_argument("--metadata", required=True, metavar="CSV", help="HAM10000_metadata.csv")
     parser.add_argument("--output", required=True, metavar="DIR", help="output table directory (replaced)")
     parser.add_argument("--height", type=int, help="image height in pixels (default 75)")
     parser.add_argument("--width", type=int, help="image width in pixels (default 100)")
     parser.add_argument("--seed", type=int, help="split seed (default 42)")
     parser.add_argument("--split", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    parser.add_argument("--max-bad-fraction", type=float, help="fail above this share of bad input (default 0.05)")
-    parser.add_argument("--decoder", choices=["simplejpeg", "pillow"], help="JPEG decoder (default simplejpeg)")
+    parser.add_argument(
+        "--max-bad-fraction", type=float, help="fail above this share of bad input (default 0.05)"
+    )
+    parser.add_argument(
+        "--decoder", choices=["simplejpeg", "pillow"], help="JPEG decoder (default simplejpeg)"
+    )
     return add_common_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = {"height": args.height, "width": args.width, "seed": args.seed, "split": args.split,
-             "max_bad_fraction": args.max_bad_fraction, "decoder": args.decoder}
+    flags = {
+        "height": args.height,
+        "width": args.width,
+        "seed": args.seed,
+        "split": args.split,
+        "max_bad_fraction": args.max_bad_fraction,
+        "decoder": args.decoder,
+    }
     try:
         loaded = resolve_config(args, IngestConfig, "ingest", flags)
     except ConfigError as error:

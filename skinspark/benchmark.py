@@ -41,10 +41,12 @@ def single_process_decode(files: list[Path], height: int, width: int, decoder: s
 
 def plain_pillow(files: list[Path], height: int, width: int) -> np.ndarray:
     """Baseline (c), the paper's way: a full-size Pillow decode, then resize, per file."""
-    return np.stack([
-        np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB").resize((width, height)))
-        for path in files
-    ])
+    return np.stack(
+        [
+            np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB").resize((width, height)))
+            for path in files
+        ]
+    )
 
 
 def bench_ingest(spark: SparkSession, data_dir: Path, work_dir: Path, config: IngestConfig) -> dict:
@@ -56,26 +58,44 @@ def bench_ingest(spark: SparkSession, data_dir: Path, work_dir: Path, config: In
     files = dataset_files(data_dir)
     image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
     warm_glob = [f"{image_dirs[0]}/ISIC_00243*.jpg"]
-    warm_seconds, _ = _timed(lambda: ingest(spark, warm_glob, str(data_dir / schema.METADATA_FILE),
-                                            str(work_dir / "warm-up-table"), config))
-    seconds_a, result = _timed(lambda: ingest(spark, image_dirs, str(data_dir / schema.METADATA_FILE),
-                                              str(work_dir / "ingest-table"), config))
+    warm_seconds, _ = _timed(
+        lambda: ingest(
+            spark, warm_glob, str(data_dir / schema.METADATA_FILE), str(work_dir / "warm-up-table"), config
+        )
+    )
+    seconds_a, result = _timed(
+        lambda: ingest(
+            spark, image_dirs, str(data_dir / schema.METADATA_FILE), str(work_dir / "ingest-table"), config
+        )
+    )
     seconds_b, _ = _timed(lambda: single_process_decode(files, config.height, config.width, config.decoder))
     seconds_c, _ = _timed(lambda: plain_pillow(files, config.height, config.width))
     images = len(files)
-    rate = {name: images / seconds for name, seconds in (("a", seconds_a), ("b", seconds_b), ("c", seconds_c))}
+    rate = {
+        name: images / seconds for name, seconds in (("a", seconds_a), ("b", seconds_b), ("c", seconds_c))
+    }
     other_decoder = "pillow" if config.decoder == "simplejpeg" else "simplejpeg"
     sample = files[: min(len(files), 1000)]
-    seconds_other, _ = _timed(lambda: single_process_decode(sample, config.height, config.width, other_decoder))
-    seconds_same, _ = _timed(lambda: single_process_decode(sample, config.height, config.width, config.decoder))
+    seconds_other, _ = _timed(
+        lambda: single_process_decode(sample, config.height, config.width, other_decoder)
+    )
+    seconds_same, _ = _timed(
+        lambda: single_process_decode(sample, config.height, config.width, config.decoder)
+    )
     return {
         "images": images,
         "master": spark.sparkContext.master,
         "warm_up_seconds": round(warm_seconds, 3),
         "decoder": config.decoder,
-        "a_ingest_job": {"seconds": round(seconds_a, 3), "images_per_second": round(rate["a"], 1),
-                         "ingested": result.manifest["counts"]["files"]["ingested"]},
-        "b_single_process_same_decoder": {"seconds": round(seconds_b, 3), "images_per_second": round(rate["b"], 1)},
+        "a_ingest_job": {
+            "seconds": round(seconds_a, 3),
+            "images_per_second": round(rate["a"], 1),
+            "ingested": result.manifest["counts"]["files"]["ingested"],
+        },
+        "b_single_process_same_decoder": {
+            "seconds": round(seconds_b, 3),
+            "images_per_second": round(rate["b"], 1),
+        },
         "c_plain_pillow": {"seconds": round(seconds_c, 3), "images_per_second": round(rate["c"], 1)},
         "ratio_a_over_b": round(rate["a"] / rate["b"], 3),
         "ratio_a_over_c": round(rate["a"] / rate["c"], 3),

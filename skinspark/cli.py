@@ -16,12 +16,19 @@ from skinspark.session import build_session
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`--master`, `--config` and repeatable `--conf key=value`, as every job takes them."""
-    parser.add_argument("--master", default=None,
-                        help="Spark master URL (default: spark-submit's, else local[*])")
-    parser.add_argument("--config", default=None,
-                        help="YAML config file (default: the job's file under conf/)")
-    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, or a Spark setting when KEY starts with 'spark.'; repeatable")
+    parser.add_argument(
+        "--master", default=None, help="Spark master URL (default: spark-submit's, else local[*])"
+    )
+    parser.add_argument(
+        "--config", default=None, help="YAML config file (default: the job's file under conf/)"
+    )
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, or a Spark setting when KEY starts with 'spark.'; repeatable",
+    )
     return parser
 
 

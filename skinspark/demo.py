@@ -37,9 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     with job_session("skinspark-demo", args.master, ingest_config.spark) as spark:
         print("[2/2] ingesting with Spark", flush=True)
         try:
-            result = ingest(spark, [str(data / folder) for folder in schema.IMAGE_FOLDERS],
-                            str(data / schema.METADATA_FILE), str(root / "table"), ingest_config.job,
-                            ingest_config.to_yaml())
+            result = ingest(
+                spark,
+                [str(data / folder) for folder in schema.IMAGE_FOLDERS],
+                str(data / schema.METADATA_FILE),
+                str(root / "table"),
+                ingest_config.job,
+                ingest_config.to_yaml(),
+            )
         except IngestError as error:
             print(f"demo: error: {error}", file=sys.stderr)
             return 2

@@ -45,13 +45,15 @@ IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG]}"
 CORRUPT_COLUMN = "_corrupt_record"
 ROW_NUMBER = "_row"
 
-DECODED_SCHEMA = T.StructType([
-    T.StructField(schema.SOURCE_PATH, T.StringType(), False),
-    T.StructField("sha1", T.StringType(), True),
-    T.StructField(schema.IMAGE, T.BinaryType(), True),
-    T.StructField("reason", T.StringType(), True),
-    T.StructField("message", T.StringType(), True),
-])
+DECODED_SCHEMA = T.StructType(
+    [
+        T.StructField(schema.SOURCE_PATH, T.StringType(), False),
+        T.StructField("sha1", T.StringType(), True),
+        T.StructField(schema.IMAGE, T.BinaryType(), True),
+        T.StructField("reason", T.StringType(), True),
+        T.StructField("message", T.StringType(), True),
+    ]
+)
 
 
 class IngestError(RuntimeError):
@@ -89,7 +91,9 @@ def read_metadata(spark: SparkSession, csv_path: str) -> DataFrame:
     try:
         first = spark.read.text(csv_path).first()
     except AnalysisException as error:
-        raise IngestError(f"metadata CSV not found or unreadable: {csv_path} ({_first_line(error)})") from None
+        raise IngestError(
+            f"metadata CSV not found or unreadable: {csv_path} ({_first_line(error)})"
+        ) from None
     if first is None:
         raise IngestError(f"metadata CSV is empty: {csv_path}")
     columns = [name.strip().lstrip("\ufeff") for name in next(csv.reader([first.value]))]
@@ -137,7 +141,10 @@ def validate_metadata(meta: pd.DataFrame) -> pd.DataFrame:
         (corrupt, lambda r: "malformed CSV line (wrong number of fields)"),
         (_blank(rows[schema.IMAGE_ID]), lambda r: "image_id is empty"),
         (_blank(rows[schema.LESION_ID]), lambda r: "lesion_id is empty"),
-        (~rows[schema.DX].isin(labels).fillna(False), lambda r: f"dx '{_text(r[schema.DX])}' is not one of {labels}"),
+        (
+            ~rows[schema.DX].isin(labels).fillna(False),
+            lambda r: f"dx '{_text(r[schema.DX])}' is not one of {labels}",
+        ),
         (bad_age, lambda r: f"age '{_text(r[schema.AGE])}' is not empty or a number in 0-120"),
         (
             ~rows[schema.SEX].isin(schema.SEX_VALUES).fillna(False),
@@ -165,7 +172,13 @@ def _mark_duplicate_rows(rows: pd.DataFrame, invalid: pd.Series, columns) -> Non
     repeated = with_id[copies > 1]
     if repeated.empty:
         return
-    variants = repeated[data_columns].astype(str).agg("\x1f".join, axis=1).groupby(repeated[schema.IMAGE_ID]).nunique()
+    variants = (
+        repeated[data_columns]
+        .astype(str)
+        .agg("\x1f".join, axis=1)
+        .groupby(repeated[schema.IMAGE_ID])
+        .nunique()
+    )
     first_row = repeated.groupby(schema.IMAGE_ID)[ROW_NUMBER].transform("min")
     for index, row in repeated.iterrows():
         if invalid[index]:
@@ -174,10 +187,14 @@ def _mark_duplicate_rows(rows: pd.DataFrame, invalid: pd.Series, columns) -> Non
         if variants[image_id] > 1:
             count = int((repeated[schema.IMAGE_ID] == image_id).sum())
             rows.loc[index, ["reason", "message"]] = [
-                schema.REASON_DUPLICATE_ID, f"{count} rows with image_id {image_id} disagree"]
+                schema.REASON_DUPLICATE_ID,
+                f"{count} rows with image_id {image_id} disagree",
+            ]
         elif row[ROW_NUMBER] != first_row[index]:
             rows.loc[index, ["reason", "message"]] = [
-                schema.REASON_DUPLICATE_ROW, f"identical repeat of the row for {image_id}; kept once"]
+                schema.REASON_DUPLICATE_ROW,
+                f"identical repeat of the row for {image_id}; kept once",
+            ]
 
 
 def _blank(values: pd.Series) -> pd.Series:
@@ -227,7 +244,9 @@ def _url_decode(column):
     return F.call_function("reflect", F.lit("java.net.URLDecoder"), F.lit("decode"), escaped, F.lit("UTF-8"))
 
 
-def decode_images(files: DataFrame, height: int, width: int, decoder: str, arrow_batch_size: int) -> DataFrame:
+def decode_images(
+    files: DataFrame, height: int, width: int, decoder: str, arrow_batch_size: int
+) -> DataFrame:
     """Decode and resize every file's bytes over Arrow batches; failures become rows with a reason.
 
     Returns:
@@ -247,13 +266,17 @@ def _decode_batches(batches: Iterator[pd.DataFrame], height: int, width: int, de
     for batch in batches:
         contents = batch["content"]
         results = decode_many(contents, height, width, decoder)
-        yield pd.DataFrame({
-            schema.SOURCE_PATH: batch["path"],
-            "sha1": [hashlib.sha1(data).hexdigest() for data in contents],
-            schema.IMAGE: [None if result.pixels is None else result.pixels.tobytes() for result in results],
-            "reason": [result.reason for result in results],
-            "message": [result.message for result in results],
-        })
+        yield pd.DataFrame(
+            {
+                schema.SOURCE_PATH: batch["path"],
+                "sha1": [hashlib.sha1(data).hexdigest() for data in contents],
+                schema.IMAGE: [
+                    None if result.pixels is None else result.pixels.tobytes() for result in results
+                ],
+                "reason": [result.reason for result in results],
+                "message": [result.message for result in results],
+            }
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,14 +314,30 @@ def resolve_fates(files: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame
     has_valid_row = ids.isin(valid_ids)
     rejected_row = ids.map(row_reason)
     orphan = decodable & ~conflict & ~duplicate & ~has_valid_row
-    _set(files, conflict, schema.REASON_CONFLICT,
-         lambda r: f"{int(hashes[r[schema.IMAGE_ID]])} different files are named {r[schema.IMAGE_ID]}")
-    _set(files, duplicate, schema.REASON_DUPLICATE_FILE,
-         lambda r: f"identical copy of {first_path[r[schema.IMAGE_ID]]}; ingested once")
-    _set(files, orphan & rejected_row.isna(), schema.REASON_NO_METADATA,
-         lambda r: f"no metadata row for image_id {r[schema.IMAGE_ID]}")
-    _set(files, orphan & rejected_row.notna(), schema.REASON_ROW_REJECTED,
-         lambda r: f"its metadata row was rejected ({row_reason[r[schema.IMAGE_ID]]})")
+    _set(
+        files,
+        conflict,
+        schema.REASON_CONFLICT,
+        lambda r: f"{int(hashes[r[schema.IMAGE_ID]])} different files are named {r[schema.IMAGE_ID]}",
+    )
+    _set(
+        files,
+        duplicate,
+        schema.REASON_DUPLICATE_FILE,
+        lambda r: f"identical copy of {first_path[r[schema.IMAGE_ID]]}; ingested once",
+    )
+    _set(
+        files,
+        orphan & rejected_row.isna(),
+        schema.REASON_NO_METADATA,
+        lambda r: f"no metadata row for image_id {r[schema.IMAGE_ID]}",
+    )
+    _set(
+        files,
+        orphan & rejected_row.notna(),
+        schema.REASON_ROW_REJECTED,
+        lambda r: f"its metadata row was rejected ({row_reason[r[schema.IMAGE_ID]]})",
+    )
 
     file_ids = set(files[schema.IMAGE_ID])
     ingested_ids = set(files.loc[files["reason"].isna(), schema.IMAGE_ID])
@@ -306,9 +345,18 @@ def resolve_fates(files: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame
     valid = rows["reason"].isna()
     no_image = valid & ~rows[schema.IMAGE_ID].isin(file_ids)
     image_rejected = valid & ~no_image & ~rows[schema.IMAGE_ID].isin(ingested_ids)
-    _set(rows, no_image, schema.REASON_NO_IMAGE, lambda r: f"no image file found for image_id {r[schema.IMAGE_ID]}")
-    _set(rows, image_rejected, schema.REASON_IMAGE_REJECTED,
-         lambda r: f"its image was quarantined ({file_reason[r[schema.IMAGE_ID]]})")
+    _set(
+        rows,
+        no_image,
+        schema.REASON_NO_IMAGE,
+        lambda r: f"no image file found for image_id {r[schema.IMAGE_ID]}",
+    )
+    _set(
+        rows,
+        image_rejected,
+        schema.REASON_IMAGE_REJECTED,
+        lambda r: f"its image was quarantined ({file_reason[r[schema.IMAGE_ID]]})",
+    )
     return files, rows
 
 
@@ -423,13 +471,16 @@ def _unscanned_files(listed: Sequence[str], status: pd.DataFrame) -> pd.DataFram
     """
     scanned = {_path_key(path) for path in status[schema.SOURCE_PATH]}
     missing = sorted(path for path in listed if _path_key(path) not in scanned)
-    return pd.DataFrame({
-        schema.SOURCE_PATH: [_path_key(path) for path in missing],
-        schema.IMAGE_ID: [unquote(path.rsplit("/", 1)[-1]).rsplit(".", 1)[0] for path in missing],
-        "sha1": [None] * len(missing),
-        "reason": [schema.REASON_EMPTY] * len(missing),
-        "message": ["file is empty (0 bytes): listed, but Spark's file scan skips empty files"] * len(missing),
-    })
+    return pd.DataFrame(
+        {
+            schema.SOURCE_PATH: [_path_key(path) for path in missing],
+            schema.IMAGE_ID: [unquote(path.rsplit("/", 1)[-1]).rsplit(".", 1)[0] for path in missing],
+            "sha1": [None] * len(missing),
+            "reason": [schema.REASON_EMPTY] * len(missing),
+            "message": ["file is empty (0 bytes): listed, but Spark's file scan skips empty files"]
+            * len(missing),
+        }
+    )
 
 
 def _path_key(uri: str) -> str:
@@ -464,14 +515,19 @@ def _set_read_partitioning(spark: SparkSession, config: IngestConfig) -> None:
 
 def _ingested_pairs(files: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     good_files = files.loc[files["reason"].isna(), [schema.IMAGE_ID, schema.SOURCE_PATH]]
-    good_rows = rows[rows["reason"].isna()].drop(columns=["reason", "message", CORRUPT_COLUMN, ROW_NUMBER],
-                                                 errors="ignore")
+    good_rows = rows[rows["reason"].isna()].drop(
+        columns=["reason", "message", CORRUPT_COLUMN, ROW_NUMBER], errors="ignore"
+    )
     return good_rows.merge(good_files, on=schema.IMAGE_ID, how="inner", validate="one_to_one")
 
 
-def _final_table(spark: SparkSession, decoded: DataFrame, plan: pd.DataFrame, config: IngestConfig) -> DataFrame:
+def _final_table(
+    spark: SparkSession, decoded: DataFrame, plan: pd.DataFrame, config: IngestConfig
+) -> DataFrame:
     plan = plan.assign(**{schema.LABEL: plan[schema.DX].map(schema.LABEL_INDEX).astype("int32")})
-    extra = [name for name in plan.columns if name not in {*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT}]
+    extra = [
+        name for name in plan.columns if name not in {*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT}
+    ]
     plan_schema = T.StructType(
         [field for field in schema.INGESTED_SCHEMA if field.name in plan.columns]
         + [T.StructField(name, T.StringType(), True) for name in extra]
@@ -504,12 +560,24 @@ def _count(files: pd.DataFrame, rows: pd.DataFrame, plan: pd.DataFrame, rows_rea
     splits = {}
     for split in schema.SPLITS:
         classes = {label: int(by_class.get((split, label), 0)) for label in schema.LABELS}
-        splits[split] = {"images": sum(classes.values()), "lesions": int(lesions.get(split, 0)), "by_class": classes}
+        splits[split] = {
+            "images": sum(classes.values()),
+            "lesions": int(lesions.get(split, 0)),
+            "by_class": classes,
+        }
     counts = {
-        "files": {"seen": len(files), "ingested": files_ingested, "quarantined": int(sum(file_reasons.values())),
-                  "by_reason": {k: int(v) for k, v in sorted(file_reasons.items())}},
-        "rows": {"read": rows_read, "ingested": rows_ingested, "quarantined": int(sum(row_reasons.values())),
-                 "by_reason": {k: int(v) for k, v in sorted(row_reasons.items())}},
+        "files": {
+            "seen": len(files),
+            "ingested": files_ingested,
+            "quarantined": int(sum(file_reasons.values())),
+            "by_reason": {k: int(v) for k, v in sorted(file_reasons.items())},
+        },
+        "rows": {
+            "read": rows_read,
+            "ingested": rows_ingested,
+            "quarantined": int(sum(row_reasons.values())),
+            "by_reason": {k: int(v) for k, v in sorted(row_reasons.items())},
+        },
         "splits": splits,
     }
     # Nothing may disappear: every file and every CSV row is ingested or quarantined, exactly once,
@@ -583,8 +651,9 @@ def summary(manifest: dict) -> str:
     lines = [
         f"ingest {manifest['status']}: {counts['files']['seen']} files, {counts['rows']['read']} CSV rows "
         f"in {manifest.get('seconds', 0):.1f} s ({manifest.get('images_per_second', 0):.0f} images/s)",
-        f"  ingested {counts['files']['ingested']} images; quarantined {counts['files']['quarantined']} files "
-        f"and {counts['rows']['quarantined']} rows (bad fraction {manifest.get('bad_fraction', 0):.2%})",
+        f"  ingested {counts['files']['ingested']} images; "
+        f"quarantined {counts['files']['quarantined']} files and {counts['rows']['quarantined']} rows "
+        f"(bad fraction {manifest.get('bad_fraction', 0):.2%})",
     ]
     header = "  split   images lesions  " + " ".join(f"{label:>6}" for label in schema.LABELS)
     lines.append(header)

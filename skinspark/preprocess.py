@@ -149,7 +149,9 @@ def _resize(image: Image.Image, height: int, width: int) -> np.ndarray:
 
 def _check_pixels(height: int, width: int) -> None:
     if height * width > MAX_IMAGE_PIXELS:
-        raise ImageError(schema.REASON_TOO_LARGE, f"image is {width}x{height} pixels, over {MAX_IMAGE_PIXELS:,}")
+        raise ImageError(
+            schema.REASON_TOO_LARGE, f"image is {width}x{height} pixels, over {MAX_IMAGE_PIXELS:,}"
+        )
 
 
 def _exif_orientation(data: bytes) -> int:

@@ -25,7 +25,13 @@ NUM_CLASSES = len(LABELS)
 
 # Class counts of the real HAM10000 release (10,015 images, 7,470 lesions).
 HAM10000_CLASS_COUNTS: dict[str, int] = {
-    "akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142,
+    "akiec": 327,
+    "bcc": 514,
+    "bkl": 1099,
+    "df": 115,
+    "mel": 1113,
+    "nv": 6705,
+    "vasc": 142,
 }
 HAM10000_IMAGES = 10015
 HAM10000_LESIONS = 7470
@@ -61,29 +67,33 @@ SPLIT = "split"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # The ingested table (partition column `split` lives in the directory names).
-INGESTED_SCHEMA = T.StructType([
-    T.StructField(IMAGE_ID, T.StringType(), False),
-    T.StructField(LESION_ID, T.StringType(), False),
-    T.StructField(DX, T.StringType(), False),
-    T.StructField(LABEL, T.IntegerType(), False),
-    T.StructField(DX_TYPE, T.StringType(), True),
-    T.StructField(AGE, T.FloatType(), True),
-    T.StructField(SEX, T.StringType(), True),
-    T.StructField(LOCALIZATION, T.StringType(), True),
-    T.StructField(IMAGE, T.BinaryType(), False),
-    T.StructField(HEIGHT, T.IntegerType(), False),
-    T.StructField(WIDTH, T.IntegerType(), False),
-    T.StructField(SOURCE_PATH, T.StringType(), False),
-])
+INGESTED_SCHEMA = T.StructType(
+    [
+        T.StructField(IMAGE_ID, T.StringType(), False),
+        T.StructField(LESION_ID, T.StringType(), False),
+        T.StructField(DX, T.StringType(), False),
+        T.StructField(LABEL, T.IntegerType(), False),
+        T.StructField(DX_TYPE, T.StringType(), True),
+        T.StructField(AGE, T.FloatType(), True),
+        T.StructField(SEX, T.StringType(), True),
+        T.StructField(LOCALIZATION, T.StringType(), True),
+        T.StructField(IMAGE, T.BinaryType(), False),
+        T.StructField(HEIGHT, T.IntegerType(), False),
+        T.StructField(WIDTH, T.IntegerType(), False),
+        T.StructField(SOURCE_PATH, T.StringType(), False),
+    ]
+)
 
 # Quarantine rows (ingest) and the reason codes they carry.
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("item", T.StringType(), False),  # "file" (an image file) or "row" (a CSV row)
-    T.StructField("source_path", T.StringType(), True),
-    T.StructField("image_id", T.StringType(), True),
-    T.StructField("reason", T.StringType(), False),
-    T.StructField("message", T.StringType(), False),
-])
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("item", T.StringType(), False),  # "file" (an image file) or "row" (a CSV row)
+        T.StructField("source_path", T.StringType(), True),
+        T.StructField("image_id", T.StringType(), True),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("message", T.StringType(), False),
+    ]
+)
 REASON_UNDECODABLE = "undecodable_image"
 REASON_TRUNCATED = "truncated_image"
 REASON_EMPTY = "empty_file"

@@ -12,7 +12,9 @@ from pyspark.sql import SparkSession
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def build_session(app_name: str, master: str | None = None, conf: Mapping[str, str] | None = None) -> SparkSession:
+def build_session(
+    app_name: str, master: str | None = None, conf: Mapping[str, str] | None = None
+) -> SparkSession:
     """Build (or reuse) a SparkSession.
 
     Args:

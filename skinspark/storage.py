@@ -53,7 +53,11 @@ def staging_path(final: str) -> str:
     """A unique sibling path of `final` to write into before `publish` moves it into place."""
     final = final.rstrip("/")
     parent, _, name = final.rpartition("/")
-    return f"{parent}/.{name}.staging-{uuid.uuid4().hex[:12]}" if parent else f".{name}.staging-{uuid.uuid4().hex[:12]}"
+    return (
+        f"{parent}/.{name}.staging-{uuid.uuid4().hex[:12]}"
+        if parent
+        else f".{name}.staging-{uuid.uuid4().hex[:12]}"
+    )
 
 
 def publish(spark: SparkSession, staging: str, final: str) -> None:

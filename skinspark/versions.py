@@ -5,8 +5,19 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-PACKAGES = ("skinspark", "pyspark", "tensorflow-cpu", "horovod", "petastorm", "pyarrow", "numpy", "pandas",
-            "pillow", "simplejpeg", "scikit-learn")
+PACKAGES = (
+    "skinspark",
+    "pyspark",
+    "tensorflow-cpu",
+    "horovod",
+    "petastorm",
+    "pyarrow",
+    "numpy",
+    "pandas",
+    "pillow",
+    "simplejpeg",
+    "scikit-learn",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -47,7 +47,9 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
 
 
 def test_dashes_are_accepted_for_underscores():
-    assert load_config(IngestConfig, None, {"max-bad-fraction": "0.2"}).job.max_bad_fraction == pytest.approx(0.2)
+    assert load_config(IngestConfig, None, {"max-bad-fraction": "0.2"}).job.max_bad_fraction == pytest.approx(
+        0.2
+    )
 
 
 def test_job_default_file_is_read_when_no_path_given():

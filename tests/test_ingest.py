@@ -25,8 +25,15 @@ from skinspark.synthetic import generate
 
 
 def _csv_rows(records: list[dict]) -> pd.DataFrame:
-    base = {"lesion_id": "HAM_0000001", "image_id": "ISIC_0000001", "dx": "nv", "dx_type": "histo",
-            "age": "45.0", "sex": "male", "localization": "back"}
+    base = {
+        "lesion_id": "HAM_0000001",
+        "image_id": "ISIC_0000001",
+        "dx": "nv",
+        "dx_type": "histo",
+        "age": "45.0",
+        "sex": "male",
+        "localization": "back",
+    }
     frame = pd.DataFrame([{**base, **record} for record in records])
     frame[CORRUPT_COLUMN] = None
     frame[ROW_NUMBER] = range(len(frame))
@@ -34,16 +41,20 @@ def _csv_rows(records: list[dict]) -> pd.DataFrame:
 
 
 def test_validation_flags_each_bad_field_and_keeps_good_rows():
-    rows = validate_metadata(_csv_rows([
-        {"image_id": "ISIC_1"},
-        {"image_id": "ISIC_2", "dx": "melanoma"},
-        {"image_id": "ISIC_3", "age": "130"},
-        {"image_id": "ISIC_4", "age": "old"},
-        {"image_id": "ISIC_5", "age": ""},
-        {"image_id": "ISIC_6", "sex": "x"},
-        {"image_id": "", "lesion_id": "HAM_9"},
-        {"image_id": "ISIC_8", "sex": "Unknown", "age": None},
-    ]))
+    rows = validate_metadata(
+        _csv_rows(
+            [
+                {"image_id": "ISIC_1"},
+                {"image_id": "ISIC_2", "dx": "melanoma"},
+                {"image_id": "ISIC_3", "age": "130"},
+                {"image_id": "ISIC_4", "age": "old"},
+                {"image_id": "ISIC_5", "age": ""},
+                {"image_id": "ISIC_6", "sex": "x"},
+                {"image_id": "", "lesion_id": "HAM_9"},
+                {"image_id": "ISIC_8", "sex": "Unknown", "age": None},
+            ]
+        )
+    )
     by_id = rows.set_index("image_id")
     assert by_id.loc["ISIC_1", "reason"] is None
     assert "dx 'melanoma'" in by_id.loc["ISIC_2", "message"]
@@ -58,34 +69,65 @@ def test_validation_flags_each_bad_field_and_keeps_good_rows():
 
 
 def test_identical_rows_are_kept_once_and_disagreeing_rows_all_rejected():
-    rows = validate_metadata(_csv_rows([
-        {"image_id": "ISIC_1"}, {"image_id": "ISIC_1"},
-        {"image_id": "ISIC_2", "dx": "nv"}, {"image_id": "ISIC_2", "dx": "mel"},
-    ]))
-    assert list(rows["reason"]) == [None, schema.REASON_DUPLICATE_ROW, schema.REASON_DUPLICATE_ID,
-                                    schema.REASON_DUPLICATE_ID]
+    rows = validate_metadata(
+        _csv_rows(
+            [
+                {"image_id": "ISIC_1"},
+                {"image_id": "ISIC_1"},
+                {"image_id": "ISIC_2", "dx": "nv"},
+                {"image_id": "ISIC_2", "dx": "mel"},
+            ]
+        )
+    )
+    assert list(rows["reason"]) == [
+        None,
+        schema.REASON_DUPLICATE_ROW,
+        schema.REASON_DUPLICATE_ID,
+        schema.REASON_DUPLICATE_ID,
+    ]
 
 
 def test_fates_cover_duplicates_conflicts_and_orphans():
-    files = pd.DataFrame([
-        ("a/ISIC_1.jpg", "ISIC_1", "h1", None, None),
-        ("b/ISIC_1.jpg", "ISIC_1", "h1", None, None),  # identical copy
-        ("a/ISIC_2.jpg", "ISIC_2", "h2", None, None),
-        ("b/ISIC_2.jpg", "ISIC_2", "h3", None, None),  # a different file under the same id
-        ("a/ISIC_3.jpg", "ISIC_3", "h4", schema.REASON_TRUNCATED, "truncated"),
-        ("a/ISIC_4.jpg", "ISIC_4", "h5", None, None),  # no row at all
-        ("a/ISIC_6.jpg", "ISIC_6", "h6", None, None),  # its row is invalid
-    ], columns=["source_path", "image_id", "sha1", "reason", "message"])
-    rows = validate_metadata(_csv_rows([
-        {"image_id": "ISIC_1"}, {"image_id": "ISIC_2"}, {"image_id": "ISIC_3"}, {"image_id": "ISIC_5"},
-        {"image_id": "ISIC_6", "dx": "?"},
-    ]))
+    files = pd.DataFrame(
+        [
+            ("a/ISIC_1.jpg", "ISIC_1", "h1", None, None),
+            ("b/ISIC_1.jpg", "ISIC_1", "h1", None, None),  # identical copy
+            ("a/ISIC_2.jpg", "ISIC_2", "h2", None, None),
+            ("b/ISIC_2.jpg", "ISIC_2", "h3", None, None),  # a different file under the same id
+            ("a/ISIC_3.jpg", "ISIC_3", "h4", schema.REASON_TRUNCATED, "truncated"),
+            ("a/ISIC_4.jpg", "ISIC_4", "h5", None, None),  # no row at all
+            ("a/ISIC_6.jpg", "ISIC_6", "h6", None, None),  # its row is invalid
+        ],
+        columns=["source_path", "image_id", "sha1", "reason", "message"],
+    )
+    rows = validate_metadata(
+        _csv_rows(
+            [
+                {"image_id": "ISIC_1"},
+                {"image_id": "ISIC_2"},
+                {"image_id": "ISIC_3"},
+                {"image_id": "ISIC_5"},
+                {"image_id": "ISIC_6", "dx": "?"},
+            ]
+        )
+    )
     files, rows = resolve_fates(files, rows)
-    assert list(files["reason"]) == [None, schema.REASON_DUPLICATE_FILE, schema.REASON_CONFLICT,
-                                     schema.REASON_CONFLICT, schema.REASON_TRUNCATED, schema.REASON_NO_METADATA,
-                                     schema.REASON_ROW_REJECTED]
-    assert list(rows["reason"]) == [None, schema.REASON_IMAGE_REJECTED, schema.REASON_IMAGE_REJECTED,
-                                    schema.REASON_NO_IMAGE, schema.REASON_INVALID_FIELD]
+    assert list(files["reason"]) == [
+        None,
+        schema.REASON_DUPLICATE_FILE,
+        schema.REASON_CONFLICT,
+        schema.REASON_CONFLICT,
+        schema.REASON_TRUNCATED,
+        schema.REASON_NO_METADATA,
+        schema.REASON_ROW_REJECTED,
+    ]
+    assert list(rows["reason"]) == [
+        None,
+        schema.REASON_IMAGE_REJECTED,
+        schema.REASON_IMAGE_REJECTED,
+        schema.REASON_NO_IMAGE,
+        schema.REASON_INVALID_FIELD,
+    ]
     assert files["message"].iloc[1] == "identical copy of a/ISIC_1.jpg; ingested once"
 
 
@@ -128,16 +170,32 @@ def messy_dataset(tmp_path_factory):
     repeat = meta[meta["image_id"] == j]
     meta = pd.concat([meta, pd.DataFrame([bad_row]), repeat], ignore_index=True)
     meta.to_csv(csv_path, index=False)
-    return {"root": root, "csv": csv_path, "ids": dict(a=a, b=b, c=c, d=d, e=e, f=f, g=g, h=h, i=i, j=j, k=k),
-            "known": files[known],
-            "paths": [str(root / schema.IMAGE_FOLDERS[0]), str(root / schema.IMAGE_FOLDERS[1]), str(extra)]}
+    return {
+        "root": root,
+        "csv": csv_path,
+        "ids": dict(a=a, b=b, c=c, d=d, e=e, f=f, g=g, h=h, i=i, j=j, k=k),
+        "known": files[known],
+        "paths": [str(root / schema.IMAGE_FOLDERS[0]), str(root / schema.IMAGE_FOLDERS[1]), str(extra)],
+    }
 
 
 @pytest.fixture(scope="module")
 def ingested(spark, messy_dataset, tmp_path_factory):
     output = tmp_path_factory.mktemp("out") / "table"
-    code = ingest_job.main(["--images", *messy_dataset["paths"], "--metadata", str(messy_dataset["csv"]),
-                            "--output", str(output), "--max-bad-fraction", "0.2", "--seed", "3"])
+    code = ingest_job.main(
+        [
+            "--images",
+            *messy_dataset["paths"],
+            "--metadata",
+            str(messy_dataset["csv"]),
+            "--output",
+            str(output),
+            "--max-bad-fraction",
+            "0.2",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     return output
 
@@ -149,12 +207,18 @@ def test_manifest_accounts_for_every_file_and_row(ingested):
     assert files["seen"] == 103 and files["ingested"] == 95 and files["quarantined"] == 8
     assert rows["read"] == 102 and rows["ingested"] == 95 and rows["quarantined"] == 7
     assert files["by_reason"] == {
-        schema.REASON_CONFLICT: 2, schema.REASON_DUPLICATE_FILE: 1, schema.REASON_EMPTY: 1,
-        schema.REASON_NO_METADATA: 1, schema.REASON_ROW_REJECTED: 1, schema.REASON_TRUNCATED: 1,
+        schema.REASON_CONFLICT: 2,
+        schema.REASON_DUPLICATE_FILE: 1,
+        schema.REASON_EMPTY: 1,
+        schema.REASON_NO_METADATA: 1,
+        schema.REASON_ROW_REJECTED: 1,
+        schema.REASON_TRUNCATED: 1,
         schema.REASON_UNDECODABLE: 1,
     }
     assert rows["by_reason"] == {
-        schema.REASON_DUPLICATE_ROW: 1, schema.REASON_IMAGE_REJECTED: 4, schema.REASON_INVALID_FIELD: 1,
+        schema.REASON_DUPLICATE_ROW: 1,
+        schema.REASON_IMAGE_REJECTED: 4,
+        schema.REASON_INVALID_FIELD: 1,
         schema.REASON_NO_IMAGE: 1,
     }
     assert sum(split["images"] for split in manifest["counts"]["splits"].values()) == 95
@@ -219,13 +283,34 @@ def test_petastorm_reads_the_train_split(ingested):
 @pytest.mark.slow
 def test_rerun_with_the_same_seed_gives_the_same_table(spark, ingested, messy_dataset, tmp_path):
     output = tmp_path / "again"
-    assert ingest_job.main(["--images", *messy_dataset["paths"], "--metadata", str(messy_dataset["csv"]),
-                            "--output", str(output), "--max-bad-fraction", "0.2", "--seed", "3"]) == 0
+    assert (
+        ingest_job.main(
+            [
+                "--images",
+                *messy_dataset["paths"],
+                "--metadata",
+                str(messy_dataset["csv"]),
+                "--output",
+                str(output),
+                "--max-bad-fraction",
+                "0.2",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
 
     def digest(path):
         table = pq.read_table(path).to_pandas().sort_values("image_id")
-        return list(zip(table["image_id"], table["split"], table["image"].map(
-            lambda raw: hashlib.sha1(raw).hexdigest()), strict=True))
+        return list(
+            zip(
+                table["image_id"],
+                table["split"],
+                table["image"].map(lambda raw: hashlib.sha1(raw).hexdigest()),
+                strict=True,
+            )
+        )
 
     assert digest(output) == digest(ingested)
 
@@ -233,8 +318,16 @@ def test_rerun_with_the_same_seed_gives_the_same_table(spark, ingested, messy_da
 @pytest.mark.slow
 def test_too_much_bad_input_fails_without_publishing(spark, messy_dataset, tmp_path, capsys):
     output = tmp_path / "strict"
-    code = ingest_job.main(["--images", *messy_dataset["paths"], "--metadata", str(messy_dataset["csv"]),
-                            "--output", str(output)])
+    code = ingest_job.main(
+        [
+            "--images",
+            *messy_dataset["paths"],
+            "--metadata",
+            str(messy_dataset["csv"]),
+            "--output",
+            str(output),
+        ]
+    )
     assert code == 1
     assert not output.exists()
     rejected = Path(f"{output}_rejected")
@@ -244,21 +337,62 @@ def test_too_much_bad_input_fails_without_publishing(spark, messy_dataset, tmp_p
 
 
 def test_missing_csv_or_images_fail_with_one_clear_line(spark, messy_dataset, tmp_path, capsys):
-    code = ingest_job.main(["--images", messy_dataset["paths"][0], "--metadata", str(tmp_path / "nope.csv"),
-                            "--output", str(tmp_path / "o1")])
+    code = ingest_job.main(
+        [
+            "--images",
+            messy_dataset["paths"][0],
+            "--metadata",
+            str(tmp_path / "nope.csv"),
+            "--output",
+            str(tmp_path / "o1"),
+        ]
+    )
     assert code == 2
     assert "metadata CSV not found" in capsys.readouterr().err
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("image,label\nISIC_1,nv\n")
-    assert ingest_job.main(["--images", messy_dataset["paths"][0], "--metadata", str(bad_csv),
-                            "--output", str(tmp_path / "o2")]) == 2
+    assert (
+        ingest_job.main(
+            [
+                "--images",
+                messy_dataset["paths"][0],
+                "--metadata",
+                str(bad_csv),
+                "--output",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     assert "lacks required columns" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert ingest_job.main(["--images", str(empty), "--metadata", str(messy_dataset["csv"]),
-                            "--output", str(tmp_path / "o3")]) == 2
+    assert (
+        ingest_job.main(
+            [
+                "--images",
+                str(empty),
+                "--metadata",
+                str(messy_dataset["csv"]),
+                "--output",
+                str(tmp_path / "o3"),
+            ]
+        )
+        == 2
+    )
     assert "no .jpg/.jpeg images found" in capsys.readouterr().err
-    assert ingest_job.main(["--images", str(tmp_path / "missing"), "--metadata", str(messy_dataset["csv"]),
-                            "--output", str(tmp_path / "o4")]) == 2
+    assert (
+        ingest_job.main(
+            [
+                "--images",
+                str(tmp_path / "missing"),
+                "--metadata",
+                str(messy_dataset["csv"]),
+                "--output",
+                str(tmp_path / "o4"),
+            ]
+        )
+        == 2
+    )
     assert "image path not found" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4"))

@@ -10,10 +10,14 @@ from skinspark.session import build_session
 
 def test_workers_run_this_interpreter(spark):
     assert os.environ["PYSPARK_PYTHON"] == sys.executable
-    executables = spark.sparkContext.parallelize(range(2), 2).map(lambda _: __import__("sys").executable).collect()
+    executables = (
+        spark.sparkContext.parallelize(range(2), 2).map(lambda _: __import__("sys").executable).collect()
+    )
     assert set(executables) == {sys.executable}
     # The workers can import the stack because they run the venv's interpreter.
-    versions = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("pyarrow").__version__).collect()
+    versions = (
+        spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("pyarrow").__version__).collect()
+    )
     assert versions == ["14.0.2"]
 
 

@@ -63,5 +63,6 @@ def test_bad_fractions_are_rejected():
     with pytest.raises(ValueError, match="three"):
         check_fractions((0.5, 0.5))
     with pytest.raises(ValueError, match="once"):
-        assign_splits(pd.DataFrame({"lesion_id": ["a", "a"], "dx": ["nv", "nv"], "images": [1, 1]}),
-                      (0.8, 0.1, 0.1), 0)
+        assign_splits(
+            pd.DataFrame({"lesion_id": ["a", "a"], "dx": ["nv", "nv"], "images": [1, 1]}), (0.8, 0.1, 0.1), 0
+        )

@@ -1,7 +1,7 @@
 """The main job on an embedded default: generate a HAM10000-shaped sample, ingest it, and say where
 everything is.
 
-    make demo        (or: python -m skinspark.demo --output demo-output --images 2000)
+    make demo        (or: python -m skinspark.demo --output demo-output --images 1000)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from skinspark.synthetic import format_summary, generate
 def args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinspark-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="demo-output", help="where the sample and results go")
-    parser.add_argument("--images", type=int, default=2000, help="sample size (default 2,000)")
+    parser.add_argument("--images", type=int, default=1000, help="sample size (default 1,000)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--master", default="local[*]")
     return parser

@@ -232,16 +232,13 @@ def read_image_files(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
 
 
 def image_id_column(path_column: str = "path"):
-    """The file name without its extension, URI-decoded (`.../ISIC_0024306.jpg` -> `ISIC_0024306`)."""
+    """The file name without its extension (`.../ISIC_0024306.jpg` -> `ISIC_0024306`).
+
+    binaryFile's `path` is already decoded, so the name is taken as it is: decoding it again would
+    mangle names holding `%XX` and fail on a bare `%`.
+    """
     name = F.regexp_extract(F.col(path_column), r"([^/]*)$", 1)
-    stem = F.regexp_replace(name, r"\.[^.]*$", "")
-    return _url_decode(stem)
-
-
-def _url_decode(column):
-    # binaryFile paths are URIs: undo percent-escapes (`%20`) but keep a literal '+' as it is.
-    escaped = F.regexp_replace(column, r"\+", "%2B")
-    return F.call_function("reflect", F.lit("java.net.URLDecoder"), F.lit("decode"), escaped, F.lit("UTF-8"))
+    return F.regexp_replace(name, r"\.[^.]*$", "")
 
 
 def decode_images(
@@ -474,7 +471,7 @@ def _unscanned_files(listed: Sequence[str], status: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame(
         {
             schema.SOURCE_PATH: [_path_key(path) for path in missing],
-            schema.IMAGE_ID: [unquote(path.rsplit("/", 1)[-1]).rsplit(".", 1)[0] for path in missing],
+            schema.IMAGE_ID: [_path_key(path).rsplit("/", 1)[-1].rsplit(".", 1)[0] for path in missing],
             "sha1": [None] * len(missing),
             "reason": [schema.REASON_EMPTY] * len(missing),
             "message": ["file is empty (0 bytes): listed, but Spark's file scan skips empty files"]
@@ -484,9 +481,10 @@ def _unscanned_files(listed: Sequence[str], status: pd.DataFrame) -> pd.DataFram
 
 
 def _path_key(uri: str) -> str:
-    # The file index says file:///a/b, the scan says file:/a/b: compare them in the scan's form.
+    # The file index says file:///a/b%20c, the scan says file:/a/b c: compare in the scan's form.
     parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else f"{parts.scheme}:{parts.path}"
+    path = unquote(parts.path)
+    return f"{parts.scheme}://{parts.netloc}{path}" if parts.netloc else f"{parts.scheme}:{path}"
 
 
 def _decoded_files(files: DataFrame, config: IngestConfig) -> DataFrame:

@@ -166,6 +166,7 @@ def messy_dataset(tmp_path_factory):
     shutil.copy(files[known], extra / "ISIC_9999998.jpg")  # an image whose row is invalid
     files[k].rename(files[k].with_suffix(".JPG"))  # upper-case extension
     (extra / "notes.txt").write_text("not an image")  # ignored: not *.jpg/*.jpeg
+    shutil.copy(files[known], extra / "odd name 100%.jpg")  # a bare '%' must not break the job
     bad_row = {**meta.iloc[0].to_dict(), "image_id": "ISIC_9999998", "lesion_id": "HAM_9999998", "dx": "xyz"}
     repeat = meta[meta["image_id"] == j]
     meta = pd.concat([meta, pd.DataFrame([bad_row]), repeat], ignore_index=True)
@@ -204,13 +205,13 @@ def ingested(spark, messy_dataset, tmp_path_factory):
 def test_manifest_accounts_for_every_file_and_row(ingested):
     manifest = json.loads((ingested / "_manifest.json").read_text())
     files, rows = manifest["counts"]["files"], manifest["counts"]["rows"]
-    assert files["seen"] == 103 and files["ingested"] == 95 and files["quarantined"] == 8
+    assert files["seen"] == 104 and files["ingested"] == 95 and files["quarantined"] == 9
     assert rows["read"] == 102 and rows["ingested"] == 95 and rows["quarantined"] == 7
     assert files["by_reason"] == {
         schema.REASON_CONFLICT: 2,
         schema.REASON_DUPLICATE_FILE: 1,
         schema.REASON_EMPTY: 1,
-        schema.REASON_NO_METADATA: 1,
+        schema.REASON_NO_METADATA: 2,
         schema.REASON_ROW_REJECTED: 1,
         schema.REASON_TRUNCATED: 1,
         schema.REASON_UNDECODABLE: 1,
@@ -237,6 +238,7 @@ def test_quarantine_names_each_bad_item(ingested, messy_dataset):
     assert files.loc[ids["c"], "reason"] == schema.REASON_UNDECODABLE
     assert files.loc[ids["h"], "reason"] == schema.REASON_DUPLICATE_FILE
     assert files.loc["ISIC_9999999", "reason"] == schema.REASON_NO_METADATA
+    assert files.loc["odd name 100%", "reason"] == schema.REASON_NO_METADATA
     assert files.loc["ISIC_9999998", "reason"] == schema.REASON_ROW_REJECTED
     assert (quarantine.loc[quarantine["image_id"] == ids["i"], "reason"] == schema.REASON_CONFLICT).sum() == 2
     rows = quarantine[quarantine["item"] == "row"].set_index("image_id")
@@ -332,7 +334,7 @@ def test_too_much_bad_input_fails_without_publishing(spark, messy_dataset, tmp_p
     assert not output.exists()
     rejected = Path(f"{output}_rejected")
     assert json.loads((rejected / "_manifest.json").read_text())["status"] == "failed"
-    assert pq.read_table(rejected / "_quarantine").num_rows == 15
+    assert pq.read_table(rejected / "_quarantine").num_rows == 16
     assert "over --max-bad-fraction 5.0%" in capsys.readouterr().err
 
 

@@ -29,6 +29,7 @@ class IngestConfig:
     width: int = 100
     seed: int = 42  # fixes the lesion split
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test, as in the paper
+    split_by: str = "lesion"  # "lesion" (no lesion on two sides) or "image" (leaks; for comparison only)
     max_bad_fraction: float = 0.05  # more bad input than this fails the job (after writing quarantine)
     decoder: str = "simplejpeg"  # "simplejpeg" or "pillow"; both use JPEG DCT scaling
     max_image_bytes: int = 64 * 1024 * 1024  # a larger file is quarantined, not decoded
@@ -56,16 +57,20 @@ class TrainConfig:
     num_proc: int = 0  # 0: the Spark application's task slots
     shuffle_buffer: int = 2048  # rows
     start_timeout_s: int = 600  # Horovod's wait for all ranks to start
+    stall_timeout_s: int = 600  # a rank without progress (no batch done) this long ends the job
     workers_per_rank: int = 1  # Petastorm reader threads per rank
+    keep_checkpoints: int = 2  # newest epoch checkpoints kept under MODEL_DIR/checkpoints for --resume
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
-    batch_size: int = 256  # images per model.predict call and per Arrow batch
-    mode: str = "overwrite"  # "overwrite" or "resume"
-    max_image_bytes: int = 64 * 1024 * 1024  # larger files get an error row, not a decode
-    files_per_partition: int = 2048  # one commit unit: a kill loses at most the partitions in flight
-    chunk_files: int = 20000  # files per resumable chunk (one Parquet write each)
+    batch_size: int = 256  # images per Arrow batch and per model call (~30 MB of JPEG bytes per batch)
+    mode: str = "overwrite"  # "overwrite" (replace the output) or "resume" (score only files not in it)
+    max_image_bytes: int = 64 * 1024 * 1024  # a larger file gets an error row and is never read
+    chunk_files: int = 20000  # files per committed chunk: a kill loses at most the chunk in flight
+    max_bad_fraction: float = 0.05  # more error rows than this share of the output: exit code 1
+    partition_mb: int = 64  # bytes of JPEG per read task (as ingest): few tasks, bounded memory
+    open_cost_bytes: int = 8192  # Spark's per-file open cost; its 4 MB default makes tiny tasks
 
 
 JOB_CONFIGS: dict[str, type] = {"ingest": IngestConfig, "train": TrainConfig, "score": ScoreConfig}

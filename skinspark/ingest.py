@@ -373,17 +373,28 @@ def quarantine_table(files: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return table.astype(object).where(table.notna(), None)
 
 
-def split_plan(pairs: pd.DataFrame, fractions: Sequence[float], seed: int) -> pd.DataFrame:
+SPLIT_UNITS = {"lesion": schema.LESION_ID, "image": schema.IMAGE_ID}
+
+
+def split_plan(
+    pairs: pd.DataFrame, fractions: Sequence[float], seed: int, split_by: str = "lesion"
+) -> pd.DataFrame:
     """Add a `split` column to the ingested (row, file) pairs: whole lesions, stratified by class.
 
     A lesion is stratified by its first diagnosis in label order; HAM10000 gives every image of a
-    lesion the same one.
+    lesion the same one. `split_by="image"` treats every image as its own unit instead, so photos of
+    one lesion can land on both sides: the leaky split, kept only to measure what it inflates.
     """
-    lesions = pairs.groupby(schema.LESION_ID, as_index=False).agg(
+    if split_by not in SPLIT_UNITS:
+        raise ValueError(f"split_by must be one of {sorted(SPLIT_UNITS)}, got {split_by!r}")
+    unit = SPLIT_UNITS[split_by]
+    units = pairs.groupby(unit, as_index=False).agg(
         **{schema.DX: (schema.DX, "min"), "images": (schema.IMAGE_ID, "size")}
     )
-    assigned = assign_splits(lesions, fractions, seed)
-    return pairs.merge(assigned, on=schema.LESION_ID, how="left", validate="many_to_one")
+    assigned = assign_splits(units.rename(columns={unit: schema.LESION_ID}), fractions, seed)
+    return pairs.merge(
+        assigned.rename(columns={schema.LESION_ID: unit}), on=unit, how="left", validate="many_to_one"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,6 +433,8 @@ def ingest(
     """
     started = time.perf_counter()
     fractions = check_fractions(config.split)
+    if config.split_by not in SPLIT_UNITS:
+        raise IngestError(f"split_by must be one of {sorted(SPLIT_UNITS)}, got {config.split_by!r}")
     output = storage.qualify(spark, output)
     metadata_path = storage.qualify(spark, metadata_path)
     image_paths = [storage.qualify(spark, path) for path in image_paths]
@@ -438,7 +451,7 @@ def ingest(
         if status.empty:
             raise IngestError(f"no .jpg/.jpeg images found under {', '.join(image_paths)}")
         files, rows = resolve_fates(status, rows)
-        plan = split_plan(_ingested_pairs(files, rows), fractions, config.seed)
+        plan = split_plan(_ingested_pairs(files, rows), fractions, config.seed, config.split_by)
         counts = _count(files, rows, plan, rows_read=len(raw_rows))
         manifest = _manifest(config, image_paths, metadata_path, counts)
         bad = _bad_fraction(counts)

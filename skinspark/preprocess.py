@@ -95,6 +95,9 @@ def decode_many(contents, height: int, width: int, decoder: str = "simplejpeg") 
             results.append(DecodeResult(decode_image(data, height, width, decoder)))
         except ImageError as error:
             results.append(DecodeResult(None, error.reason, error.message))
+        except Exception as error:  # noqa: BLE001 - one strange file must not fail the batch
+            message = f"{type(error).__name__}: {error}"
+            results.append(DecodeResult(None, schema.REASON_UNDECODABLE, f"cannot decode: {message}"))
     return results
 
 

@@ -45,8 +45,21 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
 
 
 def read_text(spark: SparkSession, path: str) -> str:
-    """Read a small text file written by `write_text`."""
-    return "\n".join(row.value for row in spark.read.text(path, wholetext=True).collect())
+    """Read a small text file, such as one written by `write_text`, in one JVM call (no Spark job).
+
+    Spark's text source would skip it: it takes names starting with "_" or "." for metadata.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    fs, hadoop_path = _fs_and_path(spark, path)
+    if not fs.exists(hadoop_path):
+        raise FileNotFoundError(f"no such file: {path}")
+    stream = fs.open(hadoop_path)
+    try:
+        return str(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
 
 
 def staging_path(final: str) -> str:

@@ -87,3 +87,26 @@ def test_bad_arguments_are_value_errors():
 def test_raw_bytes_round_trip():
     pixels = decode_image(_encode(Image.fromarray(_image())), 75, 100)
     assert np.array_equal(pixels_from_bytes(pixels.tobytes(), 75, 100), pixels)
+
+
+def test_decode_many_turns_any_failure_into_a_reason_and_goes_on(monkeypatch):
+    from skinspark import preprocess
+
+    good = _encode(Image.fromarray(_image()))
+    real = preprocess.decode_image
+
+    def flaky(data, height, width, decoder):
+        if data == b"boom":
+            raise RuntimeError("decoder bug")
+        return real(data, height, width, decoder)
+
+    monkeypatch.setattr(preprocess, "decode_image", flaky)
+    results = preprocess.decode_many([good, b"boom", b"", good], 75, 100)
+    assert [result.reason for result in results] == [
+        None,
+        schema.REASON_UNDECODABLE,
+        schema.REASON_EMPTY,
+        None,
+    ]
+    assert "RuntimeError: decoder bug" in results[1].message
+    assert results[0].pixels.shape == (75, 100, 3) and results[1].pixels is None

@@ -66,3 +66,31 @@ def test_bad_fractions_are_rejected():
         assign_splits(
             pd.DataFrame({"lesion_id": ["a", "a"], "dx": ["nv", "nv"], "images": [1, 1]}), (0.8, 0.1, 0.1), 0
         )
+
+
+def _pairs(lesions: int, images_per_lesion: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                schema.IMAGE_ID: f"ISIC_{lesion:04d}{image}",
+                schema.LESION_ID: f"HAM_{lesion:04d}",
+                schema.DX: "nv",
+            }
+            for lesion in range(lesions)
+            for image in range(images_per_lesion)
+        ]
+    )
+
+
+def test_split_plan_by_lesion_never_divides_a_lesion_and_by_image_does():
+    from skinspark.ingest import split_plan
+
+    pairs = _pairs(lesions=200, images_per_lesion=3)
+    by_lesion = split_plan(pairs, (0.8, 0.1, 0.1), seed=1)
+    assert (by_lesion.groupby(schema.LESION_ID)[schema.SPLIT].nunique() == 1).all()
+    by_image = split_plan(pairs, (0.8, 0.1, 0.1), seed=1, split_by="image")
+    assert len(by_image) == len(pairs) and by_image[schema.SPLIT].notna().all()
+    assert (by_image.groupby(schema.LESION_ID)[schema.SPLIT].nunique() > 1).any()
+    assert by_image[schema.SPLIT].value_counts()["train"] == 480
+    with pytest.raises(ValueError, match="split_by"):
+        split_plan(pairs, (0.8, 0.1, 0.1), seed=1, split_by="patient")

@@ -1,0 +1,80 @@
+"""Score images with a trained model: one row per file, errors as rows, resumable.
+
+    spark-submit jobs/score.py --model out/model --images archive/ --output out/predictions
+
+    spark-submit jobs/score.py --model out/model --table out/ham10000 --output out/test-scores
+
+Also `python jobs/score.py ...` and the console script `skinspark-score ...`. `--mode resume` scores
+only the files not already in the output. Exit codes: 0 done, 1 more error rows than
+max_bad_fraction (the rows are written), 2 bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, resolve_config
+from skinspark.config import ScoreConfig
+from skinspark.score import ScoreError, score, summary
+
+
+def args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="score", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL_DIR",
+        help="model directory (model.keras, labels.json, preprocessing.json), " "local or mounted",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="directories (searched recursively for *.jpg/*.jpeg/*.png, any case) or globs; "
+        "any Hadoop URI",
+    )
+    source.add_argument(
+        "--table", metavar="DIR", help="an ingested table: scored with its labels, plus metrics"
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="predictions directory (Parquet)")
+    parser.add_argument(
+        "--mode",
+        choices=["overwrite", "resume"],
+        help="overwrite: replace DIR (default); resume: score only files not already in DIR",
+    )
+    parser.add_argument("--batch-size", type=int, help="images per Arrow batch and model call (default 256)")
+    return add_common_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = args_parser().parse_args(argv)
+    flags = {"mode": args.mode, "batch_size": args.batch_size}
+    try:
+        loaded = resolve_config(args, ScoreConfig, "score", flags)
+    except ConfigError as error:
+        return fail("score", str(error))
+    with job_session("skinspark-score", args.master, loaded.spark) as spark:
+        try:
+            result = score(
+                spark,
+                args.model,
+                args.output,
+                loaded.job,
+                images=args.images,
+                table=args.table,
+                config_text=loaded.to_yaml(),
+                progress=print,
+            )
+        except (ScoreError, ValueError) as error:
+            return fail("score", str(error))
+    print(summary(result.manifest))
+    if not result.ok:
+        return fail("score", result.manifest["error"], code=1)
+    print(f"predictions: {result.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

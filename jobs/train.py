@@ -1,0 +1,86 @@
+"""Train the paper's CNN on an ingested table with Horovod on Spark; evaluate it on the test split.
+
+    spark-submit jobs/train.py --data out/ham10000 --output out/model --epochs 25 --batch-size 32
+
+Also `python jobs/train.py ...` and the console script `skinspark-train ...`. Ranks default to the
+application's task slots (default parallelism / spark.task.cpus). Exit codes: 0 done, 1 training
+failed (a rank's error is printed), 2 bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, resolve_config
+from skinspark.config import TrainConfig
+from skinspark.train import TrainError, TrainInputError, summary, train
+
+
+def args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", required=True, metavar="DIR", help="ingested table (the ingest job's --output)"
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="MODEL_DIR",
+        help="model directory (local or shared path); holds checkpoints for --resume",
+    )
+    parser.add_argument("--num-proc", type=int, help="Horovod ranks (default: the application's task slots)")
+    parser.add_argument("--epochs", type=int, help="total epochs (default 25)")
+    parser.add_argument("--batch-size", type=int, help="images per batch per rank (default 32)")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        help="Adam learning rate, multiplied by the number of ranks (default 0.001)",
+    )
+    parser.add_argument("--model", help="architecture (default paper_cnn)")
+    parser.add_argument(
+        "--class-weight",
+        choices=["balanced", "none"],
+        help="per-class loss weights from the train split's counts (default balanced)",
+    )
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random horizontal and vertical flips (default on)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last complete epoch checkpoint in MODEL_DIR"
+    )
+    parser.add_argument("--seed", type=int, help="random seed (default 42)")
+    return add_common_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = args_parser().parse_args(argv)
+    flags = {
+        "num_proc": args.num_proc,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "model": args.model,
+        "class_weight": args.class_weight,
+        "augment": args.augment,
+        "seed": args.seed,
+    }
+    try:
+        loaded = resolve_config(args, TrainConfig, "train", flags)
+    except ConfigError as error:
+        return fail("train", str(error))
+    with job_session("skinspark-train", args.master, loaded.spark) as spark:
+        try:
+            result = train(spark, args.data, args.output, loaded.job, loaded.to_yaml(), resume=args.resume)
+        except (TrainInputError, ValueError) as error:
+            return fail("train", str(error))
+        except TrainError as error:
+            return fail("train", str(error), code=1)
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Models loaded once per Python worker process and reused by every task that process runs.
+
+Spark reuses its Python worker processes between tasks (`spark.python.worker.reuse`, on by default),
+so a module-level dict in an importable module outlives a task. A model held in a task's closure or
+in the submitting script's `__main__` would be pickled with every task and loaded again each time.
+
+TensorFlow sizes its thread pools once, when its runtime starts in a process; `get_model` sets them
+to the task's cores (`spark.task.cpus`) before the first load, so concurrent tasks on one executor
+do not each spawn a pool as large as the machine.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+# At most this many models stay loaded in one worker: a worker that serves two jobs in turn keeps both.
+MAX_MODELS = 2
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_LOADS: Counter = Counter()
+_LOCK = threading.Lock()
+
+
+def configure_threads(threads: int) -> bool:
+    """Set TensorFlow's intra- and inter-op thread pools to `threads`.
+
+    Returns:
+        True when set; False when TensorFlow's runtime had already started in this process (its pools
+        can no longer change, and the earlier setting stays).
+    """
+    import tensorflow as tf
+
+    threads = max(1, int(threads))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        return False
+    return True
+
+
+def get_model(model_dir: str, model_id: str, threads: int = 1) -> Any:
+    """The model of `model_dir`, loaded on this process's first call for (model_dir, model_id).
+
+    Args:
+        model_dir: a local (or mounted) model directory, as `skinspark.model.load_model` takes it.
+        model_id: the directory's content hash; a changed model under the same path is a new entry.
+        threads: cores of the calling task; sizes TensorFlow's pools before the process's first load.
+
+    Raises:
+        FileNotFoundError: `model_dir` has no model file.
+    """
+    key = (model_dir, model_id)
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            from skinspark.model import load_model
+
+            if not _LOADS:
+                configure_threads(threads)
+            model = load_model(model_dir)
+            while len(_MODELS) >= MAX_MODELS:
+                _MODELS.pop(next(iter(_MODELS)))
+            _MODELS[key] = model
+            _LOADS[key] += 1
+        return model
+
+
+def load_count(model_dir: str, model_id: str) -> int:
+    """How many times this process has loaded (model_dir, model_id): 1 once loaded, unless evicted."""
+    return _LOADS[(model_dir, model_id)]
+
+
+def clear() -> None:
+    """Forget every loaded model and load count (for tests)."""
+    with _LOCK:
+        _MODELS.clear()
+        _LOADS.clear()

@@ -1,0 +1,427 @@
+"""Training: class weights, metrics, checkpoints, and whole runs of `jobs/train.py` on 2 Horovod ranks
+(even and uneven shards, --resume, a failing rank, a stalled rank) on a small synthetic HAM10000."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.utils.class_weight import compute_class_weight
+
+from jobs import ingest as ingest_job
+from jobs import train as train_job
+from skinspark import schema
+from skinspark.metrics import classification_metrics, plot_confusion_matrix, plot_training_curves, summary
+from skinspark.synthetic import generate
+from skinspark.train import (
+    class_weights,
+    describe_failure,
+    latest_checkpoint,
+    restore_checkpoint,
+    write_checkpoint,
+)
+
+ARTIFACTS = {
+    "model.keras",
+    "labels.json",
+    "preprocessing.json",
+    "_config.yaml",
+    "ingest_manifest.json",
+    "metrics.json",
+    "history.csv",
+    "test_predictions.csv",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "_manifest.json",
+    "checkpoints",
+}
+# A quick run: 2 ranks, small batches; the rest are the job's defaults.
+QUICK = ["--num-proc", "2", "--batch-size", "16"]
+# When a rank fails, Horovod cancels its Spark job and its own thread that waited on it raises.
+HOROVOD_CANCELLED_THREAD = "ignore::pytest.PytestUnhandledThreadExceptionWarning"
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: one small ingested table, and copies whose train split is rewritten as uneven shards
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ingested(spark, tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("train-source")
+    generate(source, images=150, seed=1, workers=2, overwrite=True)
+    table = tmp_path_factory.mktemp("train-table") / "ham"
+    code = ingest_job.main(
+        ["--images", str(source), "--metadata", str(source / schema.METADATA_FILE), "--output", str(table)]
+    )
+    assert code == 0
+    return table
+
+
+def _train_rows(table: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(path) for path in sorted((table / "split=train").glob("*.parquet")))
+
+
+def _rewrite_train_split(source: Path, target: Path, sizes: list[int | None], damage=None) -> Path:
+    """Copy a table, replacing split=train with one file (one row group) per size; None takes the rest.
+    `damage(index, part) -> part` may alter a file's rows."""
+    shutil.copytree(source, target)
+    rows = _train_rows(source)
+    shutil.rmtree(target / "split=train")
+    (target / "split=train").mkdir()
+    start = 0
+    for index, size in enumerate(sizes):
+        size = rows.num_rows - start if size is None else size
+        part = rows.slice(start, size)
+        start += size
+        if damage is not None:
+            part = damage(index, part)
+        pq.write_table(part, target / "split=train" / f"part-{index}.parquet")
+    assert start == rows.num_rows
+    return target
+
+
+@pytest.fixture(scope="session")
+def uneven(ingested, tmp_path_factory) -> Path:
+    # Three row groups of 60, 40 and 21 rows: with 2 ranks, rank 0 reads 81 rows and rank 1 reads 40.
+    return _rewrite_train_split(ingested, tmp_path_factory.mktemp("uneven") / "ham", [60, 40, None])
+
+
+def _manifest(model_dir: Path) -> dict:
+    return json.loads((model_dir / "_manifest.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# Unit tests: no Spark
+# ------------------------------------------------------------------------------------------------
+
+
+def test_class_weights_follow_sklearn_balanced():
+    counts = {"akiec": 10, "bcc": 0, "bkl": 30, "df": 5, "mel": 5, "nv": 50, "vasc": 0}
+    weights = class_weights(counts, "balanced")
+    present = [index for index, label in enumerate(schema.LABELS) if counts[label]]
+    labels = np.repeat(np.arange(len(schema.LABELS)), [counts[label] for label in schema.LABELS])
+    expected = compute_class_weight("balanced", classes=np.array(present), y=labels)
+    assert [weights[index] for index in present] == pytest.approx(list(expected))
+    assert weights[schema.LABEL_INDEX["nv"]] == pytest.approx(100 / (5 * 50))
+    assert weights[schema.LABEL_INDEX["bcc"]] == weights[schema.LABEL_INDEX["vasc"]] == 1.0  # absent
+    assert sorted(weights) == list(range(schema.NUM_CLASSES))
+    assert class_weights(counts, "none") is None
+    with pytest.raises(ValueError, match="class_weight"):
+        class_weights(counts, "inverse")
+    with pytest.raises(ValueError, match="unknown labels"):
+        class_weights({"melanoma": 3}, "balanced")
+    with pytest.raises(ValueError, match="no images"):
+        class_weights({"nv": 0}, "balanced")
+
+
+def test_classification_metrics_against_hand_computed_values():
+    labels = ("a", "b", "c", "d")  # "d" never occurs and is never predicted
+    y_true = [0, 0, 1, 1, 1, 2]
+    y_prob = np.array(
+        [
+            [0.8, 0.1, 0.1, 0.0],  # true a, predicted a
+            [0.3, 0.6, 0.1, 0.0],  # true a, predicted b
+            [0.2, 0.7, 0.1, 0.0],  # true b, predicted b
+            [0.1, 0.8, 0.1, 0.0],  # true b, predicted b
+            [0.5, 0.4, 0.1, 0.0],  # true b, predicted a
+            [0.1, 0.1, 0.8, 0.0],
+        ]
+    )  # true c, predicted c
+    metrics = classification_metrics(y_true, y_prob, labels)
+    assert metrics["images"] == 6
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)  # mean recall of a, b, c
+    assert metrics["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)  # F1 per class: p == r here
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.3, 0.7, 0.8, 0.4, 0.8])), rel=1e-9)
+    assert metrics["per_class"]["a"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    )
+    assert metrics["per_class"]["b"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
+    assert metrics["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert metrics["confusion_matrix"] == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert metrics["labels"] == list(labels)
+    json.dumps(metrics)  # JSON-ready
+    text = summary(metrics)
+    assert "accuracy 0.6667" in text and "balanced accuracy 0.7222" in text and len(text.splitlines()) == 6
+    with pytest.raises(ValueError, match="shape"):
+        classification_metrics([0, 1], y_prob, labels)
+    with pytest.raises(ValueError, match="no examples"):
+        classification_metrics([], np.zeros((0, 4)), labels)
+    with pytest.raises(ValueError, match="label indices"):
+        classification_metrics([0, 4], np.full((2, 4), 0.25), labels)
+
+
+def test_plots_are_written(tmp_path):
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "accuracy": [0.5, 0.7],
+            "val_accuracy": [0.4, 0.6],
+            "loss": [1.2, 0.8],
+            "val_loss": [1.3, 1.0],
+        }
+    )
+    plot_training_curves(history, tmp_path / "curves.png")
+    plot_confusion_matrix([[3, 1], [0, 0]], ["a", "b"], tmp_path / "cm.png")
+    for name in ("curves.png", "cm.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    import tensorflow as tf
+
+    from skinspark.model import build_model
+
+    model = build_model(input_shape=(48, 48, 3), num_classes=3)
+    optimizer = tf.keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    optimizer.iterations.assign(12)
+    for epoch in (1, 2, 3):
+        history = [{"epoch": number} for number in range(1, epoch + 1)]
+        write_checkpoint(tmp_path, epoch, model, optimizer, history, keep=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch-0002", "epoch-0003"]
+    # What a kill leaves behind: a temporary directory, or one without its state file, is not a checkpoint.
+    (tmp_path / ".epoch-0004.tmp-dead").mkdir()
+    (tmp_path / "epoch-0005").mkdir()
+    epoch, path, state = latest_checkpoint(tmp_path)
+    assert (epoch, path.name, state["history"][-1]) == (3, "epoch-0003", {"epoch": 3})
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+    fresh = build_model(input_shape=(48, 48, 3), num_classes=3)
+    fresh_optimizer = tf.keras.optimizers.Adam()
+    fresh_optimizer.build(fresh.trainable_variables)
+    assert restore_checkpoint(path, fresh, fresh_optimizer)["epoch"] == 3
+    assert int(fresh_optimizer.iterations.numpy()) == 12
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True))
+
+
+def test_failure_message_names_the_first_failing_rank(tmp_path):
+    reports = [
+        {"rank": 0, "time": 20.0, "error": "UnknownError: shut down"},
+        {"rank": 1, "time": 10.0, "error": "OSError: disk full"},
+    ]
+    for report in reports:
+        (tmp_path / f"rank-{report['rank']}.json").write_text(json.dumps(report))
+    message = describe_failure(RuntimeError("Horovod detected ..."), tmp_path, 2, 600)
+    assert message == "training failed on rank 1: OSError: disk full (1 other rank(s) failed after it)"
+    horovod = RuntimeError(
+        "Horovod detected that one or more processes exited with non-zero status, thus "
+        "causing the job to be terminated. The first process to do so was:\n"
+        "Process name: 2\nExit code: 137\n"
+    )
+    assert describe_failure(horovod, tmp_path / "none", 4, 600) == (
+        "training failed: rank 2 exited with code 137 without reporting an error (killed? see the "
+        "executor's log)"
+    )
+    assert describe_failure(horovod, tmp_path, 4, 600).endswith("; rank 2 exited first (exit code 137)")
+    timeout = describe_failure(Exception("Timed out waiting for tasks"), tmp_path / "none", 4, 30)
+    assert "did not all start within 30 s" in timeout and "4 free task slots" in timeout
+
+
+def test_bad_arguments_exit_2(ingested, tmp_path, capsys):
+    assert train_job.main(["--data", str(ingested), "--output", str(tmp_path / "m"), "--epochs", "0"]) == 2
+    assert "epochs must be at least 1" in capsys.readouterr().err
+    assert train_job.main(["--data", str(ingested), "--output", str(tmp_path / "m"), "--conf", "lr=1"]) == 2
+    assert "unknown config key 'lr'" in capsys.readouterr().err
+    assert train_job.main(["--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "m")]) == 2
+    assert "no _manifest.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole runs on 2 Horovod ranks
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_end_to_end_two_ranks(ingested, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    code = train_job.main(["--data", str(ingested), "--output", str(model_dir), "--epochs", "2", *QUICK])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert {path.name for path in model_dir.iterdir()} >= ARTIFACTS
+    assert "train complete: paper_cnn (788,551 parameters), 2 epoch(s)" in out and "balanced accuracy" in out
+
+    manifest = _manifest(model_dir)
+    ingest_manifest = json.loads((ingested / "_manifest.json").read_text())
+    train_rows = ingest_manifest["counts"]["splits"]["train"]["images"]
+    steps = math.ceil(train_rows / (16 * 2))
+    assert manifest["steps_per_epoch"] == steps and manifest["num_proc"] == 2
+    # One row group for 2 ranks: each rank keeps every other row; both run the same number of steps.
+    assert manifest["ranks"] == [
+        {"rank": 0, "batches": 2 * steps, "sharding": "rows"},
+        {"rank": 1, "batches": 2 * steps, "sharding": "rows"},
+    ]
+    assert json.loads((model_dir / "ingest_manifest.json").read_text()) == ingest_manifest
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    test_images = ingest_manifest["counts"]["splits"]["test"]["images"]
+    assert metrics["images"] == test_images
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["loss"] > 0 and np.isfinite(metrics["loss"])
+    assert set(metrics["per_class"]) == set(schema.LABELS)
+    assert sum(row["support"] for row in metrics["per_class"].values()) == test_images
+    assert np.array(metrics["confusion_matrix"]).shape == (7, 7)
+    assert np.array(metrics["confusion_matrix"]).sum() == test_images
+
+    history = pd.read_csv(model_dir / "history.csv")
+    assert list(history.columns) == [
+        "epoch",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "seconds",
+        "images_per_second",
+    ]
+    assert history["epoch"].tolist() == [1, 2]
+    assert history[["loss", "val_loss"]].gt(0).all().all() and history["images_per_second"].gt(0).all()
+    # The learning rate was scaled by 2 ranks and warmed up over the first epoch (lr x 2 at its end).
+    assert history["learning_rate"].iloc[0] == pytest.approx(0.002)
+
+    # The saved model predicts exactly what the in-memory model predicted for the test split.
+    from skinspark.model import build_model, load_model, read_preprocessing
+    from skinspark.train import read_split
+
+    spec = read_preprocessing(str(model_dir))
+    assert (spec["height"], spec["width"], spec["decoder"]) == (75, 100, "simplejpeg")
+    predictions = pd.read_csv(model_dir / "test_predictions.csv")
+    test = read_split(f"file://{ingested}/split=test", 75, 100)
+    assert predictions["image_id"].tolist() == test["image_id"].tolist()
+    reloaded = load_model(str(model_dir)).predict(test["image"][:5], verbose=0)
+    assert np.allclose(reloaded, predictions[list(schema.PROB_COLUMNS)].to_numpy()[:5], atol=1e-6)
+    probabilities = predictions[list(schema.PROB_COLUMNS)].to_numpy()
+    assert np.array_equal(predictions["predicted"], probabilities.argmax(axis=1))
+    # ... and it holds the weights of the last epoch's checkpoint.
+    from_checkpoint = build_model()
+    assert restore_checkpoint(model_dir / "checkpoints" / "epoch-0002", from_checkpoint)["epoch"] == 2
+    assert np.allclose(from_checkpoint.predict(test["image"][:5], verbose=0), reloaded, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(uneven, tmp_path_factory) -> Path:
+    """One epoch on the uneven shards (the run that test_resume continues)."""
+    model_dir = tmp_path_factory.mktemp("one-epoch") / "model"
+    started = time.monotonic()
+    code = train_job.main(["--data", str(uneven), "--output", str(model_dir), "--epochs", "1", *QUICK])
+    assert code == 0 and time.monotonic() - started < 240
+    return model_dir
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_uneven_shards_run_the_same_steps(uneven, one_epoch):
+    sizes = [pq.ParquetFile(path).metadata.num_rows for path in sorted((uneven / "split=train").glob("*"))]
+    assert sizes == [60, 40, 21]  # rank 0 reads row groups 0 and 2 (81 rows), rank 1 row group 1 (40)
+    manifest = _manifest(one_epoch)
+    steps = math.ceil(121 / (16 * 2))
+    assert manifest["steps_per_epoch"] == steps
+    assert manifest["ranks"] == [
+        {"rank": 0, "batches": steps, "sharding": "row_groups"},
+        {"rank": 1, "batches": steps, "sharding": "row_groups"},
+    ]
+    assert pd.read_csv(one_epoch / "history.csv")["epoch"].tolist() == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_resume_continues_at_the_next_epoch(uneven, one_epoch, tmp_path, capsys):
+    import tensorflow as tf
+
+    from skinspark.model import build_model, load_model
+
+    # Without --resume an existing run is not overwritten.
+    assert train_job.main(["--data", str(uneven), "--output", str(one_epoch), "--epochs", "2", *QUICK]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+    model_dir = Path(shutil.copytree(one_epoch, tmp_path / "model"))
+    first = pd.read_csv(model_dir / "history.csv")
+    code = train_job.main(
+        ["--data", str(uneven), "--output", str(model_dir), "--epochs", "2", "--resume", *QUICK]
+    )
+    assert code == 0
+    manifest = _manifest(model_dir)
+    steps = manifest["steps_per_epoch"]
+    assert (manifest["initial_epoch"], manifest["epochs_trained"]) == (1, 1)
+    assert [rank["batches"] for rank in manifest["ranks"]] == [steps, steps]  # epoch 2 only
+    history = pd.read_csv(model_dir / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    pd.testing.assert_frame_equal(history.iloc[:1], first)  # epoch 1 is the first run's, not retrained
+    assert sorted(path.name for path in (model_dir / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
+
+    # Rank 0 restored the optimizer too: its step counter continued from epoch 1's.
+    model = build_model()
+    optimizer = tf.keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    assert restore_checkpoint(model_dir / "checkpoints" / "epoch-0002", model, optimizer)["epoch"] == 2
+    assert int(optimizer.iterations.numpy()) == 2 * steps
+    saved = load_model(str(model_dir))
+    assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), model.get_weights(), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings(HOROVOD_CANCELLED_THREAD)
+def test_a_failing_rank_ends_the_job_with_its_error(ingested, tmp_path, capsys):
+    def truncate_images(index, part):  # rank 1's only shard holds images of half the right size
+        if index != 1:
+            return part
+        images = [value[: len(value) // 2] for value in part.column(schema.IMAGE).to_pylist()]
+        column = part.schema.get_field_index(schema.IMAGE)
+        return part.set_column(column, schema.IMAGE, pa.array(images, pa.binary()))
+
+    table = _rewrite_train_split(ingested, tmp_path / "ham", [60, 40, None], damage=truncate_images)
+    started = time.monotonic()
+    code = train_job.main(
+        ["--data", str(table), "--output", str(tmp_path / "model"), "--epochs", "2", *QUICK]
+    )
+    elapsed = time.monotonic() - started
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert error.startswith(
+        "train: error: training failed on rank 1: InvalidArgumentError: assertion "
+        "failed: [an image in the training split does not hold 75x100x3 bytes]"
+    )
+    assert elapsed < 150
+    assert not (tmp_path / "model" / "_manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings(HOROVOD_CANCELLED_THREAD)
+def test_a_stalled_rank_ends_the_job_instead_of_hanging(ingested, tmp_path, capsys):
+    # An empty row group is rank 1's whole shard: Petastorm then waits for rows forever, and rank 0
+    # forever in its first allreduce. The watchdog ends both after stall_timeout_s.
+    table = _rewrite_train_split(ingested, tmp_path / "ham", [60, 0, None])
+    started = time.monotonic()
+    code = train_job.main(
+        [
+            "--data",
+            str(table),
+            "--output",
+            str(tmp_path / "model"),
+            "--epochs",
+            "1",
+            "--conf",
+            "stall_timeout_s=15",
+            *QUICK,
+        ]
+    )
+    elapsed = time.monotonic() - started
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert "training failed on rank" in error and "no progress for" in error and "stall_timeout_s=15" in error
+    assert elapsed < 120

@@ -1,23 +1,33 @@
 """Benchmark skinspark's jobs against plain baselines in one run and write the figures as JSON.
 
     spark-submit --master 'local[2]' jobs/benchmark.py --work bench-output --images 10015
+    spark-submit --master 'local[2]' jobs/benchmark.py --work bench-output --sections learning
 
 Generates a HAM10000-shaped dataset (or reuses `--data DIR`), then times each path and its baselines
-side by side. Also `python jobs/benchmark.py ...` and the console script `skinspark-benchmark`.
+side by side. Sections: `ingest`, `train` (one epoch of Horovod on Spark against Keras `fit` on
+in-memory arrays), `score` (the scoring job against a thread-pool process and Spark's
+`predict_batch_udf`), and `learning` (the paper's 25 epochs on a lesion split and on an image split;
+about an hour on 2 cores, so not in the default set). Figures of earlier runs in the same JSON file
+are kept; a section run again replaces its own. Also `python jobs/benchmark.py ...` and the console
+script `skinspark-benchmark`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from skinspark import benchmark
-from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, resolve_config
-from skinspark.config import IngestConfig
+from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, parse_overrides
+from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config
 from skinspark.synthetic import generate
 from skinspark.versions import package_versions
+
+SECTIONS = ("ingest", "train", "score", "learning")
+DEFAULT_SECTIONS = "ingest,train,score"
 
 
 def args_parser() -> argparse.ArgumentParser:
@@ -26,29 +36,87 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="an existing HAM10000-shaped dataset to reuse")
     parser.add_argument("--images", type=int, default=10015, help="images to generate (default 10,015)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--sections", default=DEFAULT_SECTIONS, help=f"comma-separated, of {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="learning: epochs (default: train.yaml's)")
+    parser.add_argument(
+        "--archive-files", type=int, default=50000, help="score: the large archive for the memory check"
+    )
     parser.add_argument("--output", default=None, help="JSON file (default WORK/benchmark.json)")
     return add_common_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        return fail("benchmark", f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.config:
+        return fail("benchmark", "--config is per job; give settings with --conf key=value")
     try:
-        loaded = resolve_config(args, IngestConfig, "ingest", {})
+        # --config/--conf apply to every job's config; a key must exist in at least one of them.
+        overrides = parse_overrides(args.conf)
+        configs = {
+            name: load_config(cls, None, _known(cls, overrides), job=name)
+            for name, cls in (("ingest", IngestConfig), ("train", TrainConfig), ("score", ScoreConfig))
+        }
+        _check_known(overrides)
     except ConfigError as error:
         return fail("benchmark", str(error))
     work = Path(args.work).resolve()
     data = Path(args.data).resolve() if args.data else work / "data"
     if not args.data and not (data / "HAM10000_metadata.csv").exists():
-        generate(data, images=args.images, seed=args.seed)
-    results = {"versions": package_versions()}
-    with job_session("skinspark-benchmark", args.master or "local[2]", loaded.spark) as spark:
-        results["ingest"] = benchmark.bench_ingest(spark, data, work, loaded.job)
+        generate(data, images=args.images, seed=args.seed, overwrite=True)
     output = Path(args.output) if args.output else work / "benchmark.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2))
-    print(json.dumps({key: value for key, value in results.items() if key != "versions"}, indent=2))
+    results = json.loads(output.read_text()) if output.exists() else {}
+    results["versions"] = package_versions()
+    spark_conf = {key: value for loaded in configs.values() for key, value in loaded.spark.items()}
+    with job_session("skinspark-benchmark", args.master or "local[2]", spark_conf) as spark:
+        for section in sections:
+            if section == "ingest":
+                results["ingest"] = benchmark.bench_ingest(spark, data, work, configs["ingest"].job)
+            elif section == "train":
+                results["train"] = benchmark.bench_train_throughput(
+                    spark, data, work, configs["ingest"].job, configs["train"].job
+                )
+            elif section == "score":
+                results["score"] = benchmark.bench_score(
+                    spark,
+                    data,
+                    work,
+                    configs["ingest"].job,
+                    configs["train"].job,
+                    configs["score"].job,
+                    archive_files=args.archive_files,
+                )
+            else:
+                train_config = configs["train"].job
+                if args.epochs:
+                    train_config = dataclasses.replace(train_config, epochs=args.epochs)
+                results["learning"] = benchmark.bench_learning(
+                    spark, data, work, configs["ingest"].job, train_config
+                )
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(results, indent=2))
+            print(json.dumps({section: results[section]}, indent=2), flush=True)
     print(f"figures: {output}")
     return 0
+
+
+def _known(cls: type, overrides: dict) -> dict:
+    names = {field.name for field in dataclasses.fields(cls)}
+    return {key: value for key, value in overrides.items() if key.startswith("spark.") or key in names}
+
+
+def _check_known(overrides: dict) -> None:
+    names = {
+        field.name for cls in (IngestConfig, TrainConfig, ScoreConfig) for field in dataclasses.fields(cls)
+    }
+    unknown = sorted(key for key in overrides if not key.startswith("spark.") and key not in names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}")
 
 
 if __name__ == "__main__":

@@ -8,19 +8,28 @@ Ingest compares, on the same files:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd  # module level: pandas_udf resolves the decode UDF's type hints from here
 from PIL import Image
 from pyspark.sql import SparkSession
 
 from skinspark import schema
-from skinspark.config import IngestConfig
+from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.ingest import ingest
 from skinspark.preprocess import decode_image
+from skinspark.train import train
 
 
 def dataset_files(root: Path) -> list[Path]:
@@ -56,6 +65,9 @@ def bench_ingest(spark: SparkSession, data_dir: Path, work_dir: Path, config: In
     throughput rather than the JVM's and Python workers' start (reported separately as warm-up).
     """
     files = dataset_files(data_dir)
+    # Every path then reads the files from the page cache: the timings compare work, not disk luck.
+    for path in files:
+        path.read_bytes()
     image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
     warm_glob = [f"{image_dirs[0]}/ISIC_00243*.jpg"]
     warm_seconds, _ = _timed(
@@ -105,3 +117,365 @@ def bench_ingest(spark: SparkSession, data_dir: Path, work_dir: Path, config: In
             other_decoder: round(1000 * seconds_other / len(sample), 3),
         },
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def bench_learning(
+    spark: SparkSession,
+    data_dir: Path,
+    work_dir: Path,
+    ingest_config: IngestConfig,
+    train_config: TrainConfig,
+) -> dict:
+    """Train the same model twice, on a lesion-held-out split and on a split by image.
+
+    Both runs use the same images, seed and training config; only the split unit differs. The gap
+    between their test figures is what splitting by image (photos of one lesion on both sides) adds.
+    """
+    image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
+    runs = {}
+    for split_by in ("lesion", "image"):
+        table = work_dir / f"learning-table-by-{split_by}"
+        ingest(
+            spark,
+            image_dirs,
+            str(data_dir / schema.METADATA_FILE),
+            str(table),
+            dataclasses.replace(ingest_config, split_by=split_by),
+        )
+        model_dir = work_dir / f"learning-model-by-{split_by}"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        result = train(spark, str(table), str(model_dir), train_config, "")
+        runs[f"split_by_{split_by}"] = {
+            "model_dir": str(model_dir),
+            "epochs": result.manifest["epochs_trained"],
+            "train_images": result.manifest["rows"]["train"],
+            "training_seconds": result.manifest["training_seconds"],
+            "images_per_second": result.manifest["images_per_second"],
+            "best_val_accuracy": round(float(result.history["val_accuracy"].max()), 4),
+            "test": {
+                key: _round(result.metrics[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")
+            },
+        }
+    lesion, image = runs["split_by_lesion"]["test"], runs["split_by_image"]["test"]
+    runs["inflation_by_image_split_points"] = {
+        key: round(100 * (image[key] - lesion[key]), 2) for key in ("accuracy", "balanced_accuracy")
+    }
+    runs["config"] = dataclasses.asdict(train_config)
+    return runs
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4)
+
+
+def _ensure_table(spark: SparkSession, data_dir: Path, work_dir: Path, config: IngestConfig) -> Path:
+    """The ingested table of `data_dir` under `work_dir`, ingested once and reused by later sections."""
+    table = work_dir / "bench-table"
+    manifest = table / "_manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete"):
+        image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
+        ingest(spark, image_dirs, str(data_dir / schema.METADATA_FILE), str(table), config)
+    return table
+
+
+def bench_train_throughput(
+    spark: SparkSession, data_dir: Path, work_dir: Path, ingest_config: IngestConfig, config: TrainConfig
+) -> dict:
+    """Epoch throughput: (a) Horovod on Spark, 2 ranks of one core each, reading Petastorm shards,
+    against (b) the paper's way: one process running Keras `fit` on the same training images held in a
+    NumPy array, with TensorFlow's default threads (all cores); same model, class weights and global
+    batch. Each side runs two epochs and the second (steady state) is compared; the first includes
+    graph tracing and reader start.
+    """
+    import tensorflow as tf
+
+    from skinspark.model import build_model
+    from skinspark.train import class_weights, petastorm_url, read_split
+
+    ranks = 2
+    table = _ensure_table(spark, data_dir, work_dir, ingest_config)
+    config = dataclasses.replace(config, epochs=2, num_proc=ranks)
+    model_dir = work_dir / "train-throughput-model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    result = train(spark, str(table), str(model_dir), config, "")
+    ours = result.history.iloc[-1]
+
+    height, width = ingest_config.height, ingest_config.width
+    train_split = read_split(petastorm_url(table.absolute().as_uri()) + "/split=train", height, width)
+    labels = train_split["label"]
+    counts = {label: int((labels == index).sum()) for index, label in enumerate(schema.LABELS)}
+    weights = class_weights(counts, config.class_weight)
+    tf.keras.utils.set_random_seed(config.seed)
+    model = build_model(config.model, (height, width, 3), schema.NUM_CLASSES, config.dropout)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(config.learning_rate * ranks),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    timer = _epoch_timer()
+    model.fit(
+        train_split["image"],
+        labels,
+        batch_size=config.batch_size * ranks,
+        epochs=2,
+        shuffle=True,
+        class_weight=weights,
+        callbacks=[timer],
+        verbose=0,
+    )
+    baseline_rate = len(labels) / timer.seconds[-1]
+    return {
+        "train_images": int(len(labels)),
+        "global_batch": config.batch_size * ranks,
+        "a_horovod_on_spark": {
+            "ranks": ranks,
+            "epoch_seconds": [round(float(value), 2) for value in result.history["seconds"]],
+            "images_per_second": round(float(ours["images_per_second"]), 1),
+            "augment": config.augment,
+        },
+        "b_keras_fit_in_memory": {
+            "epoch_seconds": [round(value, 2) for value in timer.seconds],
+            "images_per_second": round(baseline_rate, 1),
+            "tensorflow_threads": "default (all cores)",
+        },
+        "ratio_a_over_b": round(float(ours["images_per_second"]) / baseline_rate, 3),
+        "target": 0.9,
+    }
+
+
+def _epoch_timer():
+    """A Keras callback that records each epoch's wall time in its `seconds` list."""
+    import tensorflow as tf
+
+    class EpochTimer(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+            self._started = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._started)
+
+    return EpochTimer()
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def bench_score(
+    spark: SparkSession,
+    data_dir: Path,
+    work_dir: Path,
+    ingest_config: IngestConfig,
+    train_config: TrainConfig,
+    config: ScoreConfig,
+    archive_files: int = 50000,
+) -> dict:
+    """Scoring the dataset's JPEGs with one model: (a) the scoring job on the session's master;
+    (b) one Python process decoding with the same function in a pool of as many threads as cores and
+    calling `model.predict` in batches; (c) Spark's `predict_batch_udf` with the same decoding. Then
+    the peak memory of the scoring job (its JVM and Python workers) on the archive and on an archive
+    of `archive_files` files (the same JPEGs hard-linked under more names), each in its own process.
+    """
+    from skinspark.score import score
+
+    files = dataset_files(data_dir)
+    for path in files:  # every path reads from the page cache
+        path.read_bytes()
+    model_dir = work_dir / "score-model"
+    if not (model_dir / "model.keras").is_file():
+        table = _ensure_table(spark, data_dir, work_dir, ingest_config)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        train(spark, str(table), str(model_dir), dataclasses.replace(train_config, epochs=1), "")
+    image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
+    warm_seconds, _ = _timed(
+        lambda: score(
+            spark,
+            str(model_dir),
+            str(work_dir / "score-warm-up"),
+            config,
+            [f"{image_dirs[0]}/ISIC_00243*.jpg"],
+        )
+    )
+    seconds_a, result = _timed(
+        lambda: score(spark, str(model_dir), str(work_dir / "score-output"), config, image_dirs)
+    )
+    cores = spark.sparkContext.defaultParallelism
+    seconds_b, _ = _timed(lambda: thread_pool_scoring(files, model_dir, config.batch_size, cores))
+    seconds_c, _ = _timed(lambda: predict_batch_udf_scoring(spark, image_dirs, model_dir, config.batch_size))
+    rate = {
+        name: len(files) / seconds for name, seconds in (("a", seconds_a), ("b", seconds_b), ("c", seconds_c))
+    }
+    memory = score_memory(data_dir, work_dir, model_dir, archive_files)
+    return {
+        "images": len(files),
+        "master": spark.sparkContext.master,
+        "warm_up_seconds": round(warm_seconds, 3),
+        "a_score_job": {
+            "seconds": round(seconds_a, 3),
+            "images_per_second": round(rate["a"], 1),
+            "rows": result.manifest["counts"]["rows"] if "counts" in result.manifest else None,
+        },
+        "b_thread_pool_single_process": {
+            "seconds": round(seconds_b, 3),
+            "images_per_second": round(rate["b"], 1),
+            "threads": cores,
+        },
+        "c_predict_batch_udf": {"seconds": round(seconds_c, 3), "images_per_second": round(rate["c"], 1)},
+        "ratio_a_over_b": round(rate["a"] / rate["b"], 3),
+        "ratio_a_over_c": round(rate["a"] / rate["c"], 3),
+        "targets": {"a_over_b": 0.9, "a_over_c": 1.5, "memory_ratio_max": 1.2},
+        "memory": memory,
+    }
+
+
+def thread_pool_scoring(files: list[Path], model_dir: Path, batch_size: int, threads: int) -> np.ndarray:
+    """Baseline (b): decode in a thread pool, predict each batch with one `predict_on_batch` call.
+
+    The next batch is decoded while the current one is predicted, as a careful user would write it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skinspark.model import load_model, read_preprocessing
+
+    spec = read_preprocessing(str(model_dir))
+    model = load_model(str(model_dir))
+
+    def decode(path: Path) -> np.ndarray:
+        return decode_image(path.read_bytes(), spec["height"], spec["width"], spec["decoder"])
+
+    batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+    outputs = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = [pool.submit(decode, path) for path in batches[0]] if batches else []
+        for index in range(len(batches)):
+            pixels = np.stack([future.result() for future in pending])
+            if index + 1 < len(batches):
+                pending = [pool.submit(decode, path) for path in batches[index + 1]]
+            outputs.append(np.asarray(model.predict_on_batch(pixels)))
+    return np.concatenate(outputs) if outputs else np.zeros((0, schema.NUM_CLASSES), np.float32)
+
+
+def predict_batch_udf_scoring(
+    spark: SparkSession, image_dirs: list[str], model_dir: Path, batch_size: int
+) -> int:
+    """Baseline (c): Spark's own `pyspark.ml.functions.predict_batch_udf`, fed by a pandas UDF that
+    decodes with the same function (the UDF takes numeric arrays, not encoded bytes)."""
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from skinspark.model import read_preprocessing
+
+    spec = read_preprocessing(str(model_dir))
+    height, width, decoder = spec["height"], spec["width"], spec["decoder"]
+    location = str(model_dir)
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def decode(contents: pd.Series) -> pd.Series:
+        return pd.Series(
+            [decode_image(data, height, width, decoder).reshape(-1).astype(np.float32) for data in contents]
+        )
+
+    def make_predict_fn():
+        from skinspark.model import load_model
+
+        model = load_model(location)
+
+        def predict(inputs: np.ndarray) -> np.ndarray:
+            return np.asarray(model.predict_on_batch(inputs.astype(np.uint8)))
+
+        return predict
+
+    classify = predict_batch_udf(
+        make_predict_fn,
+        return_type=T.ArrayType(T.FloatType()),
+        batch_size=batch_size,
+        input_tensor_shapes=[[height, width, 3]],
+    )
+    frame = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", "*.jpg")
+        .load(image_dirs)
+        .select("path", classify(decode("content")).alias("probabilities"))
+    )
+    output = str(Path(location).parent / "predict-batch-udf-output")
+    frame.write.mode("overwrite").parquet(output)
+    return spark.read.parquet(output).count()
+
+
+def score_memory(data_dir: Path, work_dir: Path, model_dir: Path, archive_files: int) -> dict:
+    """Peak resident memory of the scoring job's process tree (driver JVM, executors, Python workers)
+    on the dataset's archive and on one of `archive_files` files, each run as its own `spark-submit`-
+    like process on local[2]. The larger archive hard-links the same JPEGs under more names in nested
+    folders, so only the file count differs."""
+    files = dataset_files(data_dir)
+    big = work_dir / f"archive-{archive_files}"
+    if not big.is_dir() or sum(1 for _ in big.rglob("*.jpg")) != archive_files:
+        shutil.rmtree(big, ignore_errors=True)
+        for index in range(archive_files):
+            source = files[index % len(files)]
+            target = big / f"copy-{index // len(files)}" / f"{index % 100:02d}" / f"{source.stem}-{index}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, target)
+    runs = {}
+    for name, inputs in (
+        ("small", [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]),
+        ("large", [str(big)]),
+    ):
+        output = work_dir / f"score-memory-{name}"
+        command = [
+            sys.executable,
+            "-m",
+            "jobs.score",
+            "--model",
+            str(model_dir),
+            "--images",
+            *inputs,
+            "--output",
+            str(output),
+            "--master",
+            "local[2]",
+        ]
+        started = time.perf_counter()
+        peak = _peak_tree_rss(command)
+        manifest = json.loads((output / "_manifest.json").read_text())
+        runs[name] = {
+            "files": manifest["run"]["files_seen"],
+            "seconds": round(time.perf_counter() - started, 1),
+            "images_per_second": manifest["run"]["images_per_second"],
+            "peak_rss_mb": round(peak / 2**20, 1),
+        }
+    runs["ratio_large_over_small"] = round(runs["large"]["peak_rss_mb"] / runs["small"]["peak_rss_mb"], 3)
+    return runs
+
+
+def _peak_tree_rss(command: list[str], interval: float = 0.25) -> int:
+    """Run `command` to the end, sampling the summed RSS of it and all its descendants; the peak."""
+    import psutil
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(process.pid)
+    peak = 0
+    while process.poll() is None:
+        total = 0
+        try:
+            for member in [parent, *parent.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += member.memory_info().rss
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(interval)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited with {process.returncode}")
+    return peak

@@ -557,7 +557,9 @@ def _final_table(
     table = joined.select(*columns, *extra, schema.SPLIT)
     # Pixels are already decoded and persisted, so merging partitions here costs no decode
     # parallelism; it gives files of about rows_per_file rows instead of three small ones per task.
-    files = max(1, math.ceil(len(plan) / config.rows_per_file))
+    # As many writers as cores (or a multiple of them), so no core idles through a last lone file.
+    cores = spark.sparkContext.defaultParallelism
+    files = cores * max(1, math.ceil(len(plan) / (config.rows_per_file * cores)))
     return table.coalesce(files).sortWithinPartitions(schema.SPLIT, schema.IMAGE_ID)
 
 

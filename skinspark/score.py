@@ -31,10 +31,10 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import socket
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,23 +195,23 @@ def _local_dir(model_dir: str) -> str:
 
 
 def _model_location(spark: SparkSession, model_dir: str, identifier: str, ship: bool | None = None) -> str:
-    """Where executors find the model: its own path on a local master (same machine), otherwise a
-    copy of its three files shipped with `SparkContext.addFile` (`sparkfiles:<name>`)."""
+    """Where executors find the model: its own path on a local master (same machine), otherwise a zip
+    of its three files shipped with `SparkContext.addArchive` and unpacked by every executor
+    (`sparkfiles:<name>.zip`). Spark ships single files and archives to a cluster, not directories."""
     if ship is None:
         ship = not spark.sparkContext.master.startswith("local")
     if not ship:
         return model_dir
-    name = f"skinspark-model-{identifier}"  # the content hash: one name, one content
-    staged = Path(tempfile.gettempdir()) / name
-    if not staged.is_dir():
-        temporary = Path(tempfile.mkdtemp(prefix=f".{name}-"))
-        for file_name in MODEL_FILES:
-            shutil.copy2(Path(model_dir) / file_name, temporary / file_name)
-        try:
-            temporary.rename(staged)
-        except OSError:  # another job staged it meanwhile
-            shutil.rmtree(temporary, ignore_errors=True)
-    spark.sparkContext.addFile(str(staged), recursive=True)
+    name = f"skinspark-model-{identifier}.zip"  # the content hash: one name, one content
+    archive = Path(tempfile.gettempdir()) / name
+    if not archive.is_file():
+        with tempfile.TemporaryDirectory(prefix=".skinspark-model-", dir=archive.parent) as staging:
+            staged = Path(staging) / name
+            with zipfile.ZipFile(staged, "w", zipfile.ZIP_STORED) as bundle:
+                for file_name in MODEL_FILES:
+                    bundle.write(Path(model_dir) / file_name, file_name)
+            os.replace(staged, archive)  # whole or absent, also when two jobs stage it at once
+    spark.sparkContext.addArchive(str(archive))
     return _SPARKFILES + name
 
 

@@ -338,6 +338,10 @@ def run_ranks(worker_kwargs: dict, num_proc: int, start_timeout_s: int, error_di
             start_timeout=start_timeout_s,
             use_gloo=True,
             env=env,
+            # Horovod starts ranks with the driver's interpreter unless told otherwise; on a cluster with
+            # a shipped environment (spark.pyspark.python=./environment/bin/python) that path may not
+            # exist on the executors.
+            executable=os.environ.get("PYSPARK_PYTHON") or sys.executable,
             verbose=1,
         )
     except Exception as error:  # Horovod raises plain Exceptions (RuntimeError, timeouts, Spark errors)

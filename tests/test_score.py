@@ -176,7 +176,7 @@ def test_model_is_shipped_to_executors_when_they_may_not_share_the_disk(spark, m
     identifier = score_lib.model_id(str(model_dir))
     assert score_lib._model_location(spark, str(model_dir), identifier) == str(model_dir)  # local master
     location = score_lib._model_location(spark, str(model_dir), identifier, ship=True)
-    assert location == f"sparkfiles:skinspark-model-{identifier}"
+    assert location == f"sparkfiles:skinspark-model-{identifier}.zip"
 
     def hashes(batches):
         for batch in batches:
@@ -184,7 +184,7 @@ def test_model_is_shipped_to_executors_when_they_may_not_share_the_disk(spark, m
 
     found = spark.range(2).repartition(2).mapInPandas(hashes, "id long, found string").collect()
     assert {row.found for row in found} == {identifier}
-    shutil.rmtree(Path(tempfile.gettempdir()) / f"skinspark-model-{identifier}", ignore_errors=True)
+    (Path(tempfile.gettempdir()) / f"skinspark-model-{identifier}.zip").unlink()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def train(
     ranks: list[dict] = []
     train_seconds = 0.0
     if initial_epoch < config.epochs:
-        worker_arguments = dict(
+        plan = RankPlan(
             train_url=f"{data_url}/split=train",
             val_url=f"{data_url}/split=val",
             checkpoint_dir=str(directory / CHECKPOINTS),
@@ -190,7 +190,7 @@ def train(
             stall_timeout_s=config.stall_timeout_s,
         )
         train_started = time.perf_counter()
-        ranks = run_ranks(worker_arguments, num_proc, config.start_timeout_s, directory / ERRORS)
+        ranks = run_ranks(plan, num_proc, config.start_timeout_s, directory / ERRORS)
         train_seconds = time.perf_counter() - train_started
         model.set_weights(ranks[0]["weights"])
         history_rows = ranks[0]["history"]
@@ -317,7 +317,7 @@ def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int
     }
 
 
-def run_ranks(worker_kwargs: dict, num_proc: int, start_timeout_s: int, error_dir: Path) -> list[dict]:
+def run_ranks(plan: RankPlan, num_proc: int, start_timeout_s: int, error_dir: Path) -> list[dict]:
     """Run `train_worker` on `num_proc` Horovod ranks (Spark tasks); results in rank order.
 
     Raises:
@@ -333,7 +333,7 @@ def run_ranks(worker_kwargs: dict, num_proc: int, start_timeout_s: int, error_di
         # Horovod: one Spark task per rank, Gloo for the collectives (no MPI needed).
         return horovod.spark.run(
             train_worker,
-            kwargs=worker_kwargs,
+            kwargs={"plan": plan},
             num_proc=num_proc,
             start_timeout=start_timeout_s,
             use_gloo=True,
@@ -529,36 +529,40 @@ def _first_line(error: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def train_worker(
-    *,
-    train_url: str,
-    val_url: str,
-    checkpoint_dir: str,
-    error_dir: str,
-    model_name: str,
-    input_shape: tuple[int, int, int],
-    dropout: float,
-    epochs: int,
-    initial_epoch: int,
-    resume_dir: str | None,
-    previous_history: list[dict],
-    steps_per_epoch: int,
-    batch_size: int,
-    learning_rate: float,
-    warmup_epochs: int,
-    reduce_lr_patience: int,
-    reduce_lr_factor: float,
-    min_learning_rate: float,
-    class_weight: dict[int, float] | None,
-    augment: bool,
-    shuffle_buffer: int,
-    seed: int,
-    task_cpus: int,
-    reader_workers: int,
-    keep_checkpoints: int,
-    stall_timeout_s: float,
-) -> dict:
-    """Train on one Horovod rank. Runs in every rank's process; all arguments are plain values.
+@dataclasses.dataclass(frozen=True)
+class RankPlan:
+    """Everything a rank needs, as plain values: the driver builds it, every rank receives it pickled."""
+
+    train_url: str
+    val_url: str
+    checkpoint_dir: str
+    error_dir: str
+    model_name: str
+    input_shape: tuple[int, int, int]
+    dropout: float
+    epochs: int
+    initial_epoch: int
+    resume_dir: str | None
+    previous_history: list[dict]
+    steps_per_epoch: int
+    batch_size: int
+    learning_rate: float
+    warmup_epochs: int
+    reduce_lr_patience: int
+    reduce_lr_factor: float
+    min_learning_rate: float
+    class_weight: dict[int, float] | None
+    augment: bool
+    shuffle_buffer: int
+    seed: int
+    task_cpus: int
+    reader_workers: int
+    keep_checkpoints: int
+    stall_timeout_s: float
+
+
+def train_worker(plan: RankPlan) -> dict:
+    """Train on one Horovod rank, as `plan` says. Runs in every rank's process.
 
     Returns:
         {"rank", "size", "batches", "sharding"}; rank 0 adds "history" (all epochs, including those
@@ -567,7 +571,6 @@ def train_worker(
     Raises:
         Whatever stopped this rank, after writing `error_dir/rank-<r>.json` for the driver.
     """
-    arguments = dict(locals())  # exactly the keyword arguments above
     import horovod.tensorflow.keras as hvd
 
     launched = "HOROVOD_RANK" in os.environ  # inside a Horovod rank process, not called directly
@@ -578,13 +581,10 @@ def train_worker(
         hvd.init()
         rank = hvd.rank()
         if launched:
-            watchdog = Watchdog(error_dir, rank, stall_timeout_s)
-        settings = {
-            key: value for key, value in arguments.items() if key not in ("error_dir", "stall_timeout_s")
-        }
-        return _train_rank(hvd, watchdog, **settings)
+            watchdog = Watchdog(plan.error_dir, rank, plan.stall_timeout_s)
+        return _train_rank(hvd, watchdog, plan)
     except BaseException as error:
-        _report_error(error_dir, rank, error)
+        _report_error(plan.error_dir, rank, error)
         if launched:
             # A failed rank can leave threads that never end (a Petastorm reader whose consumer stopped)
             # and peers waiting in a collective: exit now so that the whole job ends instead of hanging.
@@ -643,69 +643,41 @@ class Watchdog:
                 os._exit(1)
 
 
-def _train_rank(
-    hvd,
-    watchdog: Watchdog | None,
-    *,
-    train_url: str,
-    val_url: str,
-    checkpoint_dir: str,
-    model_name: str,
-    input_shape: tuple[int, int, int],
-    dropout: float,
-    epochs: int,
-    initial_epoch: int,
-    resume_dir: str | None,
-    previous_history: list[dict],
-    steps_per_epoch: int,
-    batch_size: int,
-    learning_rate: float,
-    warmup_epochs: int,
-    reduce_lr_patience: int,
-    reduce_lr_factor: float,
-    min_learning_rate: float,
-    class_weight: dict[int, float] | None,
-    augment: bool,
-    shuffle_buffer: int,
-    seed: int,
-    task_cpus: int,
-    reader_workers: int,
-    keep_checkpoints: int,
-) -> dict:
+def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     import horovod.tensorflow as hvd_tf
 
     _quiet_petastorm()
     rank, size = hvd.rank(), hvd.size()
     # Horovod: a rank owns its Spark task's cores (spark.task.cpus), not the whole machine.
-    tf.config.threading.set_intra_op_parallelism_threads(task_cpus)
-    tf.config.threading.set_inter_op_parallelism_threads(task_cpus)
-    tf.keras.utils.set_random_seed(seed + rank)
-    height, width, _ = input_shape
+    tf.config.threading.set_intra_op_parallelism_threads(plan.task_cpus)
+    tf.config.threading.set_inter_op_parallelism_threads(plan.task_cpus)
+    tf.keras.utils.set_random_seed(plan.seed + rank)
+    height, width, _ = plan.input_shape
     progress = watchdog.progress if watchdog is not None else (lambda where: None)
 
-    validation = read_split(val_url, height, width, workers=reader_workers)
+    validation = read_split(plan.val_url, height, width, workers=plan.reader_workers)
     progress("reading the validation split")
-    model = build_model(model_name, tuple(input_shape), schema.NUM_CLASSES, dropout)
+    model = build_model(plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout)
     # Horovod: scale the learning rate by the number of ranks (the global batch grows with it).
-    scaled_lr = learning_rate * size
+    scaled_lr = plan.learning_rate * size
     # Horovod: average gradients across ranks.
     optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=scaled_lr))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     optimizer.build(model.trainable_variables)  # slot variables exist now: restore and broadcast reach them
-    if resume_dir is not None and rank == 0:
+    if plan.resume_dir is not None and rank == 0:
         # Horovod: only rank 0 reads the checkpoint; the broadcast below hands its state to the others.
-        restore_checkpoint(resume_dir, model, optimizer)
+        restore_checkpoint(plan.resume_dir, model, optimizer)
     # Horovod: every rank starts from rank 0's weights and optimizer state, before the first step (the
     # callback below broadcasts again after the first batch, as in Horovod's examples).
     hvd_tf.broadcast_variables(model.variables + list(optimizer.variables), root_rank=0)
     progress("building the model")
 
     log = _EpochLog(
-        images_per_epoch=steps_per_epoch * batch_size * size,
-        history=previous_history,
-        checkpoint_dir=checkpoint_dir if rank == 0 else None,
+        images_per_epoch=plan.steps_per_epoch * plan.batch_size * size,
+        history=plan.previous_history,
+        checkpoint_dir=plan.checkpoint_dir if rank == 0 else None,
         optimizer=optimizer,
-        keep_checkpoints=keep_checkpoints,
+        keep_checkpoints=plan.keep_checkpoints,
         progress=progress,
     )
     callbacks = [
@@ -714,41 +686,47 @@ def _train_rank(
         # Horovod: average metrics among ranks at the end of every epoch, before anything reads them.
         hvd.callbacks.MetricAverageCallback(),
     ]
-    if warmup_epochs > 0:
+    if plan.warmup_epochs > 0:
         # Horovod: ramp the learning rate from lr to lr * size over the first epochs.
         callbacks.append(
             hvd.callbacks.LearningRateWarmupCallback(
-                initial_lr=scaled_lr, warmup_epochs=warmup_epochs, steps_per_epoch=steps_per_epoch, verbose=0
+                initial_lr=scaled_lr,
+                warmup_epochs=plan.warmup_epochs,
+                steps_per_epoch=plan.steps_per_epoch,
+                verbose=0,
             )
         )
     callbacks += [
         tf.keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=reduce_lr_factor, patience=reduce_lr_patience, min_lr=min_learning_rate
+            monitor="val_loss",
+            factor=plan.reduce_lr_factor,
+            patience=plan.reduce_lr_patience,
+            min_lr=plan.min_learning_rate,
         ),
         # Horovod: history everywhere, checkpoints on rank 0 only (checkpoint_dir is None elsewhere).
         log,
     ]
-    reader, sharding = _open_train_reader(train_url, rank, size, seed, reader_workers)
+    reader, sharding = _open_train_reader(plan.train_url, rank, size, plan.seed, plan.reader_workers)
     with reader:
         dataset = training_dataset(
             reader,
             height,
             width,
-            batch_size,
-            shuffle_buffer,
-            augment,
-            seed + rank,
+            plan.batch_size,
+            plan.shuffle_buffer,
+            plan.augment,
+            plan.seed + rank,
             shard=(rank, size) if sharding == "rows" else None,
         )
         model.fit(
             dataset,
             # The dataset never ends; a fixed step count gives every rank the same number of allreduces.
-            steps_per_epoch=steps_per_epoch,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
+            steps_per_epoch=plan.steps_per_epoch,
+            epochs=plan.epochs,
+            initial_epoch=plan.initial_epoch,
             validation_data=(validation["image"], validation["label"]),
             validation_batch_size=EVAL_BATCH_SIZE,
-            class_weight=class_weight,
+            class_weight=plan.class_weight,
             callbacks=callbacks,
             verbose=2 if rank == 0 else 0,
         )

@@ -62,9 +62,17 @@ $(STAMP): $(STACK_STAMP) pyproject.toml
 demo: setup
 	$(PY) -m skinspark.demo --output $(DEMO_DIR)
 
+# `make test`: ruff, then every test but those marked `cluster`, which start multi-process Spark masters
+# (local-cluster, a standalone master and workers) and kill executors: `make test-cluster` runs those
+# (a few minutes), `make test-all` both. PYTEST_ARGS go to pytest after the marker selection.
 test: setup
 	$(VENV)/bin/ruff check --quiet .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: setup
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+
+test-all: test test-cluster
 
 lint: setup
 	$(VENV)/bin/ruff check .

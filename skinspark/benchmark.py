@@ -147,18 +147,19 @@ def bench_learning(
             dataclasses.replace(ingest_config, split_by=split_by),
         )
         model_dir = work_dir / f"learning-model-by-{split_by}"
-        shutil.rmtree(model_dir, ignore_errors=True)
-        result = train(spark, str(table), str(model_dir), train_config, "")
+        manifest, metrics, history = _finished_training(model_dir, train_config)
+        if manifest is None:  # not trained yet with this config: train (a finished run is reused)
+            shutil.rmtree(model_dir, ignore_errors=True)
+            result = train(spark, str(table), str(model_dir), train_config, "")
+            manifest, metrics, history = result.manifest, result.metrics, result.history
         runs[f"split_by_{split_by}"] = {
             "model_dir": str(model_dir),
-            "epochs": result.manifest["epochs_trained"],
-            "train_images": result.manifest["rows"]["train"],
-            "training_seconds": result.manifest["training_seconds"],
-            "images_per_second": result.manifest["images_per_second"],
-            "best_val_accuracy": round(float(result.history["val_accuracy"].max()), 4),
-            "test": {
-                key: _round(result.metrics[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")
-            },
+            "epochs": manifest["epochs_trained"],
+            "train_images": manifest["rows"]["train"],
+            "training_seconds": manifest["training_seconds"],
+            "images_per_second": manifest["images_per_second"],
+            "best_val_accuracy": round(float(history["val_accuracy"].max()), 4),
+            "test": {key: _round(metrics[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")},
         }
     lesion, image = runs["split_by_lesion"]["test"], runs["split_by_image"]["test"]
     runs["inflation_by_image_split_points"] = {
@@ -166,6 +167,19 @@ def bench_learning(
     }
     runs["config"] = dataclasses.asdict(train_config)
     return runs
+
+
+def _finished_training(model_dir: Path, config: TrainConfig):
+    """(manifest, metrics, history) of a complete training run in `model_dir` with this config, else
+    (None, None, None): a long benchmark interrupted after one run does not train that run again."""
+    path = model_dir / "_manifest.json"
+    if not path.is_file():
+        return None, None, None
+    manifest = json.loads(path.read_text())
+    if manifest.get("status") != "complete" or manifest.get("config") != dataclasses.asdict(config):
+        return None, None, None
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    return manifest, metrics, pd.read_csv(model_dir / "history.csv")
 
 
 def _round(value: float) -> float:

@@ -363,8 +363,19 @@ def describe_failure(error: BaseException, error_dir: Path, num_proc: int, start
         # the report written first.
         reports.sort(key=lambda report: report["time"])
         first = reports[0]
+        reported = {str(report["rank"]) for report in reports}
+        if exited and exited.group(1) not in reported and exited.group(2) != "1":
+            # A rank killed outright (out of memory: exit code 137, or its executor lost) writes no report,
+            # and Horovod saw it go first: it is the cause. (Ranks that stop on their own exit with 1.) The
+            # others only report what its disappearance did to them ("Horovod has been shut down. ...").
+            return (
+                f"training failed: rank {exited.group(1)} exited first without reporting an error (exit code "
+                f"{exited.group(2)}: killed, or its executor lost? see the executor's log); then "
+                f"{len(reports)} other rank(s) failed, first rank {first['rank']}: "
+                + first["error"].split(". ")[0]
+            )
         others = f" ({len(reports) - 1} other rank(s) failed after it)" if len(reports) > 1 else ""
-        # A rank killed outright (out of memory: exit code 137) writes no report; Horovod saw it go.
+        # A rank that reported its error may still not have been the first to exit.
         killed = (
             f"; rank {exited.group(1)} exited first (exit code {exited.group(2)})"
             if exited and exited.group(1) != str(first["rank"])

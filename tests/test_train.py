@@ -230,7 +230,17 @@ def test_failure_message_names_the_first_failing_rank(tmp_path):
         "training failed: rank 2 exited with code 137 without reporting an error (killed? see the "
         "executor's log)"
     )
-    assert describe_failure(horovod, tmp_path, 4, 600).endswith("; rank 2 exited first (exit code 137)")
+    # A rank killed outright (no report of its own) that Horovod saw go first is named as the cause.
+    assert describe_failure(horovod, tmp_path, 4, 600) == (
+        "training failed: rank 2 exited first without reporting an error (exit code 137: killed, or its "
+        "executor lost? see the executor's log); then 2 other rank(s) failed, first rank 1: "
+        "OSError: disk full"
+    )
+    # A rank that exits with 1 stopped on its own (after a peer's report): the first report is the cause.
+    stopped = RuntimeError(str(horovod).replace("Exit code: 137", "Exit code: 1"))
+    assert describe_failure(stopped, tmp_path, 4, 600).endswith(
+        ": OSError: disk full (1 other rank(s) failed after it); rank 2 exited first (exit code 1)"
+    )
     timeout = describe_failure(Exception("Timed out waiting for tasks"), tmp_path / "none", 4, 30)
     assert "did not all start within 30 s" in timeout and "4 free task slots" in timeout
 

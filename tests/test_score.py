@@ -214,7 +214,7 @@ def archive(generated, tmp_path_factory):
     (broken / "empty.jpg").write_bytes(b"")
     (broken / "truncated.jpg").write_bytes(sources[10].read_bytes()[:3000])
     (broken / "noise.jpg").write_bytes(np.random.default_rng(2).bytes(5000))
-    noise = np.random.default_rng(3).integers(0, 256, (450, 600, 3), dtype=np.uint8)
+    noise = np.random.default_rng(3).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
     (broken / "large.jpg").write_bytes(_jpeg(Image.fromarray(noise), quality=95))  # valid, but too big
     (root / "a" / "notes.txt").write_text("not an image")  # not *.jpg/*.jpeg/*.png: not listed
     errors = {
@@ -223,7 +223,10 @@ def archive(generated, tmp_path_factory):
         broken / "noise.jpg": schema.REASON_UNDECODABLE,
         broken / "large.jpg": schema.REASON_TOO_LARGE,
     }
-    return {"root": root, "good": sorted(good), "errors": errors}
+    # A size limit that every good file passes and the large one does not.
+    limit = max(path.stat().st_size for path in good) + 1
+    assert (broken / "large.jpg").stat().st_size > limit
+    return {"root": root, "good": sorted(good), "errors": errors, "limit": limit}
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +246,7 @@ def scored(spark, archive, model_dir, tmp_path_factory):
             "--conf",
             "chunk_files=5",
             "--conf",
-            "max_image_bytes=200000",
+            f"max_image_bytes={archive['limit']}",
             "--conf",
             "max_bad_fraction=0.5",
         ]
@@ -267,7 +270,7 @@ def test_every_file_is_one_row_with_its_error(scored, archive):
         assert row[score_lib.ERROR].startswith(f"{reason}: ")
         assert row[list(schema.PROB_COLUMNS)].isna().all() and pd.isna(row[score_lib.PREDICTED_DX])
     large = rows.loc[_file_uri(archive["root"] / "broken" / "large.jpg")]
-    assert "over the 200,000-byte limit" in large[score_lib.ERROR]
+    assert f"over the {archive['limit']:,}-byte limit" in large[score_lib.ERROR]
     good = rows.loc[[_file_uri(path) for path in archive["good"]]]
     assert good[score_lib.ERROR_REASON].isna().all()
     assert list(good[schema.IMAGE_ID]) == [Path(path).stem for path in archive["good"]]

@@ -527,6 +527,14 @@ def main(argv: list[str] | None = None) -> int:
         args.properties_file if args.properties_file and Path(args.properties_file).is_file() else None
     )
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    job_args = dict(
+        images=args.images,
+        seed=args.seed,
+        epochs=args.epochs,
+        conf=conf,
+        properties_file=properties,
+        env_archive=env_archive,
+    )
     try:
         if args.command == "demo":
             num_proc = args.num_proc or args.workers * max(1, args.worker_cores // args.executor_cores)
@@ -534,33 +542,14 @@ def main(argv: list[str] | None = None) -> int:
                 output, args.workers, args.worker_cores, args.worker_memory, args.register_timeout
             ) as (master, _):
                 results = run_jobs(
-                    master,
-                    output,
-                    images=args.images,
-                    seed=args.seed,
-                    num_proc=num_proc,
-                    epochs=args.epochs,
-                    conf=conf,
-                    properties_file=properties,
-                    env_archive=env_archive,
-                    extra_env={"SPARK_LOCAL_IP": LOCALHOST},
+                    master, output, num_proc=num_proc, extra_env={"SPARK_LOCAL_IP": LOCALHOST}, **job_args
                 )
         else:
             master = args.master
             if args.master_ui and args.workers:
                 wait_for_workers(args.master_ui, args.workers, args.register_timeout)
             num_proc = args.num_proc or max(1, args.workers) * args.executor_cores
-            results = run_jobs(
-                master,
-                output,
-                images=args.images,
-                seed=args.seed,
-                num_proc=num_proc,
-                epochs=args.epochs,
-                conf=conf,
-                properties_file=properties,
-                env_archive=env_archive,
-            )
+            results = run_jobs(master, output, num_proc=num_proc, **job_args)
     except ClusterError as error:
         print(f"skinspark-cluster: error: {error}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ from pyspark.sql import types as T
 
 from skinspark import model_cache, schema, storage
 from skinspark.config import ScoreConfig
+from skinspark.ingest import image_id_column
 from skinspark.preprocess import DECODERS, ImageError, decode_image, pixels_from_bytes
 from skinspark.session import task_cpus
 from skinspark.versions import package_versions
@@ -360,16 +361,6 @@ def read_image_files(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
         )
     except AnalysisException as error:
         raise ScoreError(f"image path not found: {_first_line(error)}") from None
-
-
-def image_id_column(path_column: str = PATH) -> Column:
-    """The file name without its extension (`.../ISIC_0024306.jpg` -> `ISIC_0024306`).
-
-    binaryFile's `path` is already decoded (a space is a space, `%20` in a name stays `%20`), so the
-    name is taken as it is: decoding it again would change such names and fail on a bare `%`.
-    """
-    name = F.regexp_extract(F.col(path_column), r"([^/]*)$", 1)
-    return F.regexp_replace(name, r"\.[^.]*$", "")
 
 
 class _Source:

@@ -60,6 +60,10 @@ class TrainConfig:
     stall_timeout_s: int = 600  # a rank without progress (no batch done) this long ends the job
     workers_per_rank: int = 1  # Petastorm reader threads per rank
     keep_checkpoints: int = 2  # newest epoch checkpoints kept under MODEL_DIR/checkpoints for --resume
+    gradient_compression: str = "none"  # "none" or "fp16": gradients sent between ranks as float16
+    # Horovod's coordination cycle (HOROVOD_CYCLE_TIME, 1 ms by default): each cycle is a round trip
+    # between ranks, which costs CPU that a rank's own core would otherwise spend training.
+    horovod_cycle_time_ms: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -187,10 +187,13 @@ def train(
             task_cpus=task_cpus,
             reader_workers=config.workers_per_rank,
             keep_checkpoints=config.keep_checkpoints,
+            gradient_compression=config.gradient_compression,
             stall_timeout_s=config.stall_timeout_s,
         )
         train_started = time.perf_counter()
-        ranks = run_ranks(plan, num_proc, config.start_timeout_s, directory / ERRORS)
+        ranks = run_ranks(
+            plan, num_proc, config.start_timeout_s, directory / ERRORS, config.horovod_cycle_time_ms
+        )
         train_seconds = time.perf_counter() - train_started
         model.set_weights(ranks[0]["weights"])
         history_rows = ranks[0]["history"]
@@ -251,6 +254,14 @@ def validate_config(config: TrainConfig) -> None:
         (config.stall_timeout_s >= 1, f"stall_timeout_s must be at least 1, got {config.stall_timeout_s}"),
         (config.workers_per_rank >= 1, f"workers_per_rank must be at least 1, got {config.workers_per_rank}"),
         (config.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {config.keep_checkpoints}"),
+        (
+            config.horovod_cycle_time_ms > 0,
+            f"horovod_cycle_time_ms must be positive, got {config.horovod_cycle_time_ms}",
+        ),
+        (
+            config.gradient_compression in ("none", "fp16"),
+            f"gradient_compression must be none or fp16, got {config.gradient_compression!r}",
+        ),
         (
             0 < config.reduce_lr_factor < 1,
             f"reduce_lr_factor must be in (0, 1), got {config.reduce_lr_factor}",
@@ -317,18 +328,53 @@ def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int
     }
 
 
-def run_ranks(plan: RankPlan, num_proc: int, start_timeout_s: int, error_dir: Path) -> list[dict]:
+_HOROVOD_PER_RANK = (
+    "HOROVOD_RANK",
+    "HOROVOD_SIZE",
+    "HOROVOD_LOCAL_",
+    "HOROVOD_CROSS_",
+    "HOROVOD_GLOO_",
+    "HOROVOD_HOSTNAME",
+    "HOROVOD_CONTROLLER",
+)
+
+
+def rank_environment(cycle_time_ms: float, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables the driver hands to every rank.
+
+    HOROVOD_CYCLE_TIME is `cycle_time_ms`; Horovod's other tuning knobs (HOROVOD_FUSION_THRESHOLD,
+    ...) and an explicit HOROVOD_CYCLE_TIME in `environ` pass through, since horovod.spark.run passes
+    only the variables it is given. A rank's identity and rendezvous variables are Horovod's to set.
+    """
+    env = {
+        "TF_CPP_MIN_LOG_LEVEL": environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "PYTHONUNBUFFERED": "1",  # ranks' output reaches the driver's log as it happens
+        "HOROVOD_CYCLE_TIME": f"{cycle_time_ms:g}",
+    }
+    env.update(
+        {
+            key: value
+            for key, value in environ.items()
+            if key.startswith("HOROVOD_") and not key.startswith(_HOROVOD_PER_RANK)
+        }
+    )
+    return env
+
+
+def run_ranks(
+    plan: RankPlan, num_proc: int, start_timeout_s: int, error_dir: Path, cycle_time_ms: float = 10.0
+) -> list[dict]:
     """Run `train_worker` on `num_proc` Horovod ranks (Spark tasks); results in rank order.
+
+    `cycle_time_ms` becomes the ranks' HOROVOD_CYCLE_TIME unless the job's environment sets one
+    (`rank_environment`).
 
     Raises:
         TrainError: a rank failed (with that rank's error) or the ranks did not all start in time.
     """
     import horovod.spark
 
-    env = {
-        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-        "PYTHONUNBUFFERED": "1",  # ranks' output reaches the driver's log as it happens
-    }
+    env = rank_environment(cycle_time_ms, os.environ)
     try:
         # Horovod: one Spark task per rank, Gloo for the collectives (no MPI needed).
         return horovod.spark.run(
@@ -569,6 +615,7 @@ class RankPlan:
     task_cpus: int
     reader_workers: int
     keep_checkpoints: int
+    gradient_compression: str
     stall_timeout_s: float
 
 
@@ -672,7 +719,10 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     # Horovod: scale the learning rate by the number of ranks (the global batch grows with it).
     scaled_lr = plan.learning_rate * size
     # Horovod: average gradients across ranks.
-    optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=scaled_lr))
+    compression = hvd.Compression.fp16 if plan.gradient_compression == "fp16" else hvd.Compression.none
+    optimizer = hvd.DistributedOptimizer(
+        tf.keras.optimizers.Adam(learning_rate=scaled_lr), compression=compression
+    )
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     optimizer.build(model.trainable_variables)  # slot variables exist now: restore and broadcast reach them
     if plan.resume_dir is not None and rank == 0:

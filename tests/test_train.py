@@ -25,6 +25,7 @@ from skinspark.train import (
     class_weights,
     describe_failure,
     latest_checkpoint,
+    rank_environment,
     restore_checkpoint,
     write_checkpoint,
 )
@@ -252,6 +253,28 @@ def test_bad_arguments_exit_2(ingested, tmp_path, capsys):
     assert "unknown config key 'lr'" in capsys.readouterr().err
     assert train_job.main(["--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "m")]) == 2
     assert "no _manifest.json" in capsys.readouterr().err
+    for setting, message in (
+        ("gradient_compression=zip", "gradient_compression must be none or fp16, got 'zip'"),
+        ("horovod_cycle_time_ms=0", "horovod_cycle_time_ms must be positive, got 0"),
+    ):
+        arguments = ["--data", str(ingested), "--output", str(tmp_path / "m"), "--conf", setting]
+        assert train_job.main(arguments) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_rank_environment_sets_the_cycle_time_and_passes_horovod_knobs():
+    env = rank_environment(10.0, {"PATH": "/usr/bin", "HOROVOD_FUSION_THRESHOLD": "1048576"})
+    assert env["HOROVOD_CYCLE_TIME"] == "10"
+    assert env["HOROVOD_FUSION_THRESHOLD"] == "1048576"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert "PATH" not in env  # Horovod adds the task's own environment; only these are ours
+    # The job's own HOROVOD_CYCLE_TIME wins; a rank's identity and rendezvous are never copied.
+    env = rank_environment(
+        2.5, {"HOROVOD_CYCLE_TIME": "3", "HOROVOD_RANK": "0", "HOROVOD_GLOO_RENDEZVOUS_ADDR": "10.0.0.1"}
+    )
+    assert env["HOROVOD_CYCLE_TIME"] == "3"
+    assert "HOROVOD_RANK" not in env and "HOROVOD_GLOO_RENDEZVOUS_ADDR" not in env
+    assert rank_environment(2.5, {})["HOROVOD_CYCLE_TIME"] == "2.5"
 
 
 # ------------------------------------------------------------------------------------------------

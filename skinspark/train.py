@@ -64,6 +64,8 @@ CHECKPOINTS = "checkpoints"
 ERRORS = "_errors"
 CHECKPOINT_PREFIX = "ckpt"
 STATE_FILE = "state.json"
+# How gradients travel between ranks: as they are, or as float16 (Horovod's Compression.fp16).
+GRADIENT_COMPRESSIONS = ("none", "fp16")
 HISTORY_COLUMNS = (
     "epoch",
     "loss",
@@ -259,8 +261,9 @@ def validate_config(config: TrainConfig) -> None:
             f"horovod_cycle_time_ms must be positive, got {config.horovod_cycle_time_ms}",
         ),
         (
-            config.gradient_compression in ("none", "fp16"),
-            f"gradient_compression must be none or fp16, got {config.gradient_compression!r}",
+            config.gradient_compression in GRADIENT_COMPRESSIONS,
+            f"gradient_compression must be one of {GRADIENT_COMPRESSIONS}, "
+            f"got {config.gradient_compression!r}",
         ),
         (
             0 < config.reduce_lr_factor < 1,
@@ -362,7 +365,7 @@ def rank_environment(cycle_time_ms: float, environ: Mapping[str, str]) -> dict[s
 
 
 def run_ranks(
-    plan: RankPlan, num_proc: int, start_timeout_s: int, error_dir: Path, cycle_time_ms: float = 10.0
+    plan: RankPlan, num_proc: int, start_timeout_s: int, error_dir: Path, cycle_time_ms: float
 ) -> list[dict]:
     """Run `train_worker` on `num_proc` Horovod ranks (Spark tasks); results in rank order.
 

@@ -30,3 +30,22 @@ def spark(tmp_path_factory):
         yield session
     finally:
         session.stop()
+
+
+@pytest.fixture(scope="session")
+def model_artifacts() -> set[str]:
+    """What a finished training run leaves in MODEL_DIR (README: "What `MODEL_DIR` holds")."""
+    return {
+        "model.keras",
+        "labels.json",
+        "preprocessing.json",
+        "_config.yaml",
+        "ingest_manifest.json",
+        "metrics.json",
+        "history.csv",
+        "test_predictions.csv",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "_manifest.json",
+        "checkpoints",
+    }

@@ -279,7 +279,9 @@ def test_ingest_on_local_cluster_gives_the_local_table(cluster_ingest, local_tab
     assert manifests[0]["image_shape"] == manifests[1]["image_shape"] == [75, 100, 3]
 
 
-def test_training_on_local_cluster_saves_the_model_it_trained(cluster_ingest, cluster_training):
+def test_training_on_local_cluster_saves_the_model_it_trained(
+    cluster_ingest, cluster_training, model_artifacts
+):
     from skinspark.model import load_model
     from skinspark.train import read_split
 
@@ -288,20 +290,7 @@ def test_training_on_local_cluster_saves_the_model_it_trained(cluster_ingest, cl
     # One Horovod rank per executor: each of the two executors ran one of the job's two tasks.
     events = _events(job)
     assert _task_executors(events) == EXECUTORS and not _failed_tasks(events)
-    assert {path.name for path in model.iterdir()} >= {
-        "model.keras",
-        "labels.json",
-        "preprocessing.json",
-        "_config.yaml",
-        "ingest_manifest.json",
-        "metrics.json",
-        "history.csv",
-        "test_predictions.csv",
-        "training_curves.png",
-        "confusion_matrix.png",
-        "_manifest.json",
-        "checkpoints",
-    }
+    assert {path.name for path in model.iterdir()} >= model_artifacts
     manifest = json.loads((model / "_manifest.json").read_text())
     rows = manifest["rows"]
     steps = math.ceil(rows["train"] / (16 * 2))

@@ -25,7 +25,7 @@ def args_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="PATH",
-        help="directories (searched recursively for *.jpg/*.jpeg, any case) or globs; any Hadoop URI",
+        help="directories (searched recursively for *.jpg/*.jpeg/*.png, any case) or globs; any Hadoop URI",
     )
     parser.add_argument("--metadata", required=True, metavar="CSV", help="HAM10000_metadata.csv")
     parser.add_argument("--output", required=True, metavar="DIR", help="output table directory (replaced)")
@@ -39,6 +39,12 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--decoder", choices=["simplejpeg", "pillow"], help="JPEG decoder (default simplejpeg)"
     )
+    parser.add_argument(
+        "--reader",
+        choices=["auto", "python", "spark"],
+        help="who reads each file: python (the worker) or spark (the JVM); default auto",
+    )
+    parser.add_argument("--metadata-encoding", help="the CSV's text encoding (default utf-8)")
     return add_common_arguments(parser)
 
 
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "max_bad_fraction": args.max_bad_fraction,
         "decoder": args.decoder,
+        "reader": args.reader,
+        "metadata_encoding": args.metadata_encoding,
     }
     try:
         loaded = resolve_config(args, IngestConfig, "ingest", flags)

@@ -45,12 +45,17 @@ def args_parser() -> argparse.ArgumentParser:
         help="overwrite: replace DIR (default); resume: score only files not already in DIR",
     )
     parser.add_argument("--batch-size", type=int, help="images per Arrow batch and model call (default 256)")
+    parser.add_argument(
+        "--reader",
+        choices=["auto", "python", "spark"],
+        help="who reads each file: python (the worker) or spark (the JVM); default auto",
+    )
     return add_common_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = {"mode": args.mode, "batch_size": args.batch_size}
+    flags = {"mode": args.mode, "batch_size": args.batch_size, "reader": args.reader}
     try:
         loaded = resolve_config(args, ScoreConfig, "score", flags)
     except ConfigError as error:

@@ -32,6 +32,10 @@ class IngestConfig:
     split_by: str = "lesion"  # "lesion" (no lesion on two sides) or "image" (leaks; for comparison only)
     max_bad_fraction: float = 0.05  # more bad input than this fails the job (after writing quarantine)
     decoder: str = "simplejpeg"  # "simplejpeg" or "pillow"; both use JPEG DCT scaling
+    # "python": the Python worker opens each file (local, mounted, hdfs:, s3:/s3a:, gs:); "spark":
+    # Spark's JVM reads it and ships the bytes (any Hadoop file system); "auto": python for local paths.
+    reader: str = "auto"
+    metadata_encoding: str = "utf-8"  # the CSV's text encoding; a row that does not decode is quarantined
     max_image_bytes: int = 64 * 1024 * 1024  # a larger file is quarantined, not decoded
     partition_mb: int = 64  # bytes of JPEG per read task: few tasks, bounded memory per task
     open_cost_bytes: int = 8192  # Spark's per-file open cost; its 4 MB default makes tiny tasks
@@ -75,6 +79,7 @@ class ScoreConfig:
     max_bad_fraction: float = 0.05  # more error rows than this share of the output: exit code 1
     partition_mb: int = 64  # bytes of JPEG per read task (as ingest): few tasks, bounded memory
     open_cost_bytes: int = 8192  # Spark's per-file open cost; its 4 MB default makes tiny tasks
+    reader: str = "auto"  # as IngestConfig.reader: who reads each file's bytes
 
 
 JOB_CONFIGS: dict[str, type] = {"ingest": IngestConfig, "train": TrainConfig, "score": ScoreConfig}

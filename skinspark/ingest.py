@@ -1,23 +1,27 @@
 """Ingest: HAM10000 JPEGs + metadata CSV -> resized image tensors in Parquet, split by lesion.
 
-The flow (every step runs on executors; the driver sees only counts and a few hundred bytes per
-lesion):
+The flow: plan from what is known before any image is read, then one pass that reads, decodes and
+writes (the driver sees about 200 bytes per file and no image bytes):
 
-1. `read_metadata` + `validate_metadata`: the CSV with an explicit all-string schema, checked row by
-   row (bad rows get a reason instead of becoming silent nulls).
-2. `read_image_files`: Spark's `binaryFile` source over directories or globs; files over the size cap
-   are listed but never read.
-3. `decode_images`: `mapInPandas` over Arrow batches with `skinspark.preprocess.decode_image`
-   (JPEG DCT scaling), persisted so later steps reuse the pixels without decoding twice.
-4. `resolve_fates`: every file and every CSV row gets exactly one fate, ingested or a quarantine
-   reason (duplicates, conflicts, orphans), computed on narrow columns only.
-5. `skinspark.split.assign_splits` per class (`applyInPandas`), then the table is written partitioned
-   by split into a staging directory with `_quarantine/`, `_manifest.json` and `_config.yaml`, and
-   moved into place.
+1. `read_metadata` + `validate_metadata`: the CSV with an explicit all-string schema, read as raw text
+   and decoded field by field in the given encoding, checked row by row (bad rows get a reason
+   instead of becoming silent nulls or replacement characters).
+2. `list_files`: Spark's listing (`skinspark.images.list_images`): path, size, image id; files over
+   the size cap and zero-byte files get their reason here and are never read.
+3. `settle_repeated_ids`: only files whose image id occurs more than once are read first, hashed and
+   test-decoded, to tell an identical copy from a conflicting file.
+4. `resolve_fates` + `split_plan`: every file and every CSV row gets exactly one fate, ingested or a
+   quarantine reason; whole lesions are assigned to splits per class.
+5. `write_table`: one Spark job reads each planned file in the Python worker (`reader: python`) or
+   takes Spark's `content` column (`reader: spark`), decodes it with
+   `skinspark.preprocess.decode_image` and writes the table partitioned by split into a staging
+   directory; files that fail become quarantine rows (`apply_failures`). Then `_quarantine/`,
+   `_manifest.json` and `_config.yaml` are written and the directory is moved into place.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import functools
@@ -25,35 +29,27 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from urllib.parse import unquote, urlsplit
 
 import pandas as pd
-from pyspark import StorageLevel
+from pyspark.accumulators import AccumulatorParam
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from skinspark import schema, storage
+from skinspark import images, schema, storage
 from skinspark.config import IngestConfig
-from skinspark.preprocess import decode_many
+from skinspark.errors import first_line
+from skinspark.preprocess import ImageError, decode_many
+from skinspark.session import query_settings
 from skinspark.split import assign_splits, check_fractions
 from skinspark.versions import package_versions
 
-# Any-case .jpg / .jpeg (Hadoop glob syntax, applied to file names).
-IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG]}"
 CORRUPT_COLUMN = "_corrupt_record"
 ROW_NUMBER = "_row"
-
-DECODED_SCHEMA = T.StructType(
-    [
-        T.StructField(schema.SOURCE_PATH, T.StringType(), False),
-        T.StructField("sha1", T.StringType(), True),
-        T.StructField(schema.IMAGE, T.BinaryType(), True),
-        T.StructField("reason", T.StringType(), True),
-        T.StructField("message", T.StringType(), True),
-    ]
-)
+# The CSV is read as raw text, one character per byte, and each field decoded afterwards (see
+# read_metadata): Spark's own decoding would replace bad bytes without saying so.
+RAW_TEXT_ENCODING = "ISO-8859-1"
 
 
 class IngestError(RuntimeError):
@@ -79,21 +75,27 @@ class IngestResult:
 # Metadata
 
 
-def read_metadata(spark: SparkSession, csv_path: str) -> DataFrame:
+def read_metadata(spark: SparkSession, csv_path: str, encoding: str = "utf-8") -> DataFrame:
     """Read the metadata CSV with an explicit all-string schema taken from (and checked against) its header.
 
     The seven HAM10000 columns must be present; further columns (the current release's `dataset`) are
-    carried through. Malformed lines land in `_corrupt_record` instead of failing the read.
+    carried through. Malformed lines land in `_corrupt_record` instead of failing the read. Spark would
+    silently turn bytes that are not valid in the file's encoding into U+FFFD, so the text is read
+    losslessly, one character per byte (`RAW_TEXT_ENCODING`), and `validate_metadata` decodes each
+    field in `encoding`, rejecting a row that does not decode instead of rewriting it.
+
+    Returns:
+        The CSV's columns as raw text, `_corrupt_record`, and `_row` (0, 1, ... in file order).
 
     Raises:
-        IngestError: the file is missing, empty or lacks required columns.
+        IngestError: the file is missing, empty or lacks required columns, or `encoding` is unknown or
+            not ASCII-compatible (UTF-16 and UTF-32 are not: save the CSV as UTF-8).
     """
+    check_encoding(encoding)
     try:
         first = spark.read.text(csv_path).first()
     except AnalysisException as error:
-        raise IngestError(
-            f"metadata CSV not found or unreadable: {csv_path} ({_first_line(error)})"
-        ) from None
+        raise IngestError(f"metadata CSV not found or unreadable: {csv_path} ({first_line(error)})") from None
     if first is None:
         raise IngestError(f"metadata CSV is empty: {csv_path}")
     columns = [name.strip().lstrip("\ufeff") for name in next(csv.reader([first.value]))]
@@ -101,6 +103,7 @@ def read_metadata(spark: SparkSession, csv_path: str) -> DataFrame:
     if missing:
         raise IngestError(
             f"metadata CSV {csv_path} lacks required columns {missing}; its header has {columns}"
+            + _separator_hint(first.value)
         )
     if len(set(columns)) != len(columns) or CORRUPT_COLUMN in columns or "" in columns:
         raise IngestError(f"metadata CSV {csv_path} has empty or repeated column names: {columns}")
@@ -110,25 +113,57 @@ def read_metadata(spark: SparkSession, csv_path: str) -> DataFrame:
         csv_path,
         header=True,
         schema=csv_schema,
-        enforceSchema=False,
+        enforceSchema=True,  # the header was checked above; raw text would show a BOM as three characters
+        encoding=RAW_TEXT_ENCODING,
         mode="PERMISSIVE",
         columnNameOfCorruptRecord=CORRUPT_COLUMN,
     )
-    return frame.withColumn(ROW_NUMBER, F.monotonically_increasing_id())
+    # One partition: `_row` is then 0, 1, 2, ... in file order, so a message can name the line.
+    return frame.coalesce(1).withColumn(ROW_NUMBER, F.monotonically_increasing_id())
 
 
-def validate_metadata(meta: pd.DataFrame) -> pd.DataFrame:
+def check_encoding(encoding: str) -> str:
+    """The codec's canonical name; raises IngestError unless Python knows it and it keeps ASCII as is
+    (the CSV's commas, quotes and newlines are then the same bytes in every such encoding)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise IngestError(f"unknown metadata encoding {encoding!r}") from None
+    probe = 'a,"b"\n'
+    try:
+        same = probe.encode(name) == probe.encode("ascii")
+    except UnicodeError:
+        same = False
+    if not same:
+        raise IngestError(
+            f"metadata encoding {encoding!r} is not ASCII-compatible; save the CSV as UTF-8 and use utf-8"
+        )
+    return name
+
+
+def _separator_hint(header: str) -> str:
+    for separator, name in ((";", "';'"), ("\t", "tab")):
+        parts = [part.strip().strip('"').lstrip("\ufeff") for part in header.split(separator)]
+        if all(column in parts for column in schema.METADATA_COLUMNS):
+            return f"; the file looks {name}-separated: save it comma-separated"
+    return ""
+
+
+def validate_metadata(meta: pd.DataFrame, encoding: str = "utf-8") -> pd.DataFrame:
     """Check each CSV row; return the rows with `reason` and `message` (None for a valid row) and float `age`.
 
-    Checks: a well-formed line, non-empty `image_id` and `lesion_id`, `dx` one of the 7 labels, `age`
-    empty or a number in 0-120, `sex` male/female/unknown, and `image_id` unique. Identical repeats
-    of a row are kept once (the others get `duplicate_row`); rows that share an `image_id` but
-    disagree all get `duplicate_image_id`, since no one can tell which is right.
+    Checks: text that decodes in `encoding` (else `invalid_encoding`, naming the line), a well-formed
+    line, non-empty `image_id` and `lesion_id`, `dx` one of the 7 labels, `age` empty or a number in
+    0-120, `sex` male/female/unknown, and `image_id` unique. Identical repeats of a row are kept once
+    (the others get `duplicate_row`); rows that share an `image_id` but disagree all get
+    `duplicate_image_id`, since no one can tell which is right.
 
     Args:
-        meta: the CSV as strings (`read_metadata(...).toPandas()`), with `_row` giving file order.
+        meta: the CSV as raw text, one character per byte (`read_metadata(...).toPandas()`), with
+            `_row` giving file order (plain ASCII text reads the same either way).
+        encoding: the file's text encoding.
     """
-    rows = meta.copy()
+    rows, undecodable = decode_text(meta, encoding)
     for name in schema.METADATA_COLUMNS:
         rows[name] = rows[name].astype("string").str.strip()
     rows[schema.SEX] = rows[schema.SEX].str.lower()
@@ -160,9 +195,49 @@ def validate_metadata(meta: pd.DataFrame) -> pd.DataFrame:
     invalid = messages.map(bool)
     rows.loc[invalid, "reason"] = schema.REASON_INVALID_FIELD
     rows.loc[invalid, "message"] = messages[invalid].map("; ".join)
+    for index, message in undecodable.items():  # the text itself is wrong: that is the reason to give
+        rows.loc[index, ["reason", "message"]] = [schema.REASON_INVALID_ENCODING, message]
+    invalid = invalid | rows["reason"].notna()
     _mark_duplicate_rows(rows, invalid, meta.columns)
     rows[schema.AGE] = age.where(age_text != "").astype("float32")
     return rows
+
+
+def decode_text(meta: pd.DataFrame, encoding: str) -> tuple[pd.DataFrame, dict]:
+    """Decode every field of the raw CSV text in `encoding`.
+
+    Returns:
+        (the rows with decoded text, {row index: message} for each row with a field that does not
+        decode; such a row keeps its raw text and is quarantined, never rewritten).
+    """
+    rows = meta.copy()
+    name = check_encoding(encoding)
+    undecodable: dict = {}
+    text_columns = [column for column in rows.columns if column != ROW_NUMBER]
+    for column in text_columns:
+        values = rows[column]
+        present = values.notna()
+        if not present.any():
+            continue
+        ascii_only = values[present].astype(str).map(str.isascii)
+        if ascii_only.all() or name == codecs.lookup(RAW_TEXT_ENCODING).name:
+            continue
+        decoded = values.astype(object).copy()
+        for index in ascii_only.index[~ascii_only.to_numpy()]:
+            raw = str(values[index]).encode(RAW_TEXT_ENCODING)
+            try:
+                decoded[index] = raw.decode(name)
+            except UnicodeDecodeError as error:
+                shown = raw.decode(name, errors="backslashreplace")
+                line = int(rows.loc[index, ROW_NUMBER]) + 2 if ROW_NUMBER in rows else None
+                where = f"line {line}: " if line is not None else ""
+                undecodable.setdefault(
+                    index,
+                    f"{where}column {column} is not valid {encoding} (byte 0x{raw[error.start]:02x} at "
+                    f"position {error.start}): '{shown}'",
+                )
+        rows[column] = decoded
+    return rows, undecodable
 
 
 def _mark_duplicate_rows(rows: pd.DataFrame, invalid: pd.Series, columns) -> None:
@@ -206,74 +281,124 @@ def _text(value) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Images
+# Images: listed and planned before any byte is read
 
 
-def read_image_files(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
-    """Spark's `binaryFile` source over directories (searched recursively) or globs, any-case .jpg/.jpeg.
+def list_files(spark: SparkSession, frame: DataFrame, config: IngestConfig) -> pd.DataFrame:
+    """One row per listed image file, from Spark's listing alone (no file is opened).
+
+    Args:
+        frame: `skinspark.images.list_images` over the job's paths.
 
     Returns:
-        Columns `path`, `modificationTime`, `length`, `content` (content is only read when selected).
-
-    Raises:
-        IngestError: a path does not exist.
+        `source_path`, `image_id`, `length`, `sha1` (None: only repeated ids are hashed, by
+        `settle_repeated_ids`), `reason` and `message`: `image_too_large` for a file over
+        `max_image_bytes` (never read) and `empty_file` for a zero-byte file, which Spark's scan skips
+        and its file index still lists; None for every other file.
     """
-    if not paths:
-        raise IngestError("no image paths given")
-    try:
-        return (
-            spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .option("pathGlobFilter", IMAGE_GLOB)
-            .load(list(paths))
+    with query_settings(spark, images.listing_settings()):
+        listed = frame.select(images.PATH, images.LENGTH).toPandas()
+    empty = images.zero_byte_files(frame, listed[images.PATH])
+    paths = [*listed[images.PATH], *empty]
+    lengths = [*listed[images.LENGTH].astype("int64"), *([0] * len(empty))]
+    files = pd.DataFrame(
+        {
+            schema.SOURCE_PATH: paths,
+            schema.IMAGE_ID: [images.image_id(path) for path in paths],
+            images.LENGTH: lengths,
+            "sha1": None,
+            "reason": None,
+            "message": None,
+        }
+    )
+    too_large = files[images.LENGTH] > config.max_image_bytes
+    files.loc[too_large, "reason"] = schema.REASON_TOO_LARGE
+    files.loc[too_large, "message"] = [
+        f"file is {length:,} bytes, over the {config.max_image_bytes:,}-byte limit"
+        for length in files.loc[too_large, images.LENGTH]
+    ]
+    is_empty = files[schema.SOURCE_PATH].isin(set(empty))
+    files.loc[is_empty, "reason"] = schema.REASON_EMPTY
+    files.loc[is_empty, "message"] = (
+        "file is empty (0 bytes): listed, but Spark's file scan skips empty files"
+    )
+    return files
+
+
+def settle_repeated_ids(
+    spark: SparkSession, frame: DataFrame, files: pd.DataFrame, config: IngestConfig, reader: str
+) -> pd.DataFrame:
+    """Hash and test-decode the files whose image_id occurs more than once, so that `resolve_fates` can
+    tell an identical copy (`duplicate_file`) from a different file (`conflicting_image_files`).
+
+    Every other file needs no read before the one pass that writes the table; on a clean archive no
+    file is read here at all.
+
+    Returns:
+        `files` with `sha1`, `reason` and `message` filled in for those files.
+    """
+    readable = files["reason"].isna()
+    ids = files.loc[readable, schema.IMAGE_ID]
+    repeated = readable & files[schema.IMAGE_ID].isin(set(ids[ids.duplicated()]))
+    if not repeated.any():
+        return files
+    paths = list(files.loc[repeated, schema.SOURCE_PATH])
+    check = functools.partial(
+        _check_batches, height=config.height, width=config.width, decoder=config.decoder, reader=reader
+    )
+    columns = [images.PATH, images.CONTENT] if reader == "spark" else [images.PATH]
+    with query_settings(spark, _scan_settings(config)):
+        checked = (
+            frame.where(F.col(images.PATH).isin(paths))
+            .select(*columns)
+            .mapInPandas(check, CHECKED_SCHEMA)
+            .toPandas()
+            .set_index(images.PATH)
         )
-    except AnalysisException as error:
-        raise IngestError(f"image path not found: {_first_line(error)}") from None
+    files = files.copy()
+    for index in files.index[repeated]:
+        path = files.at[index, schema.SOURCE_PATH]
+        if path in checked.index:
+            files.loc[index, ["sha1", "reason", "message"]] = list(
+                checked.loc[path, ["sha1", "reason", "message"]]
+            )
+        else:  # Spark's scan skips a file that vanished after the listing
+            files.loc[index, ["reason", "message"]] = [schema.REASON_UNREADABLE, _GONE]
+    return files
 
 
-def image_id_column(path_column: str = "path"):
-    """The file name without its extension (`.../ISIC_0024306.jpg` -> `ISIC_0024306`).
-
-    binaryFile's `path` is already decoded, so the name is taken as it is: decoding it again would
-    mangle names holding `%XX` and fail on a bare `%`.
-    """
-    name = F.regexp_extract(F.col(path_column), r"([^/]*)$", 1)
-    return F.regexp_replace(name, r"\.[^.]*$", "")
-
-
-def decode_images(
-    files: DataFrame, height: int, width: int, decoder: str, arrow_batch_size: int
-) -> DataFrame:
-    """Decode and resize every file's bytes over Arrow batches; failures become rows with a reason.
-
-    Returns:
-        Columns `source_path`, `sha1` (of the file's bytes), `image` (raw uint8 pixels, row-major
-        height x width x 3; null on failure), `reason`, `message`.
-    """
-    spark = files.sparkSession
-    # Bounded Arrow batches: 10,000 rows (Spark's default) of full-size JPEGs would be over a gigabyte.
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_batch_size))
-    decode = functools.partial(_decode_batches, height=height, width=width, decoder=decoder)
-    return files.select("path", "content").mapInPandas(decode, DECODED_SCHEMA)
+CHECKED_SCHEMA = T.StructType(
+    [
+        T.StructField(images.PATH, T.StringType(), False),
+        T.StructField("sha1", T.StringType(), True),
+        T.StructField("reason", T.StringType(), True),
+        T.StructField("message", T.StringType(), True),
+    ]
+)
+_GONE = "cannot read the file: listed, but gone or unreadable when it was read"
 
 
-def _decode_batches(batches: Iterator[pd.DataFrame], height: int, width: int, decoder: str):
+def _check_batches(batches: Iterator[pd.DataFrame], height: int, width: int, decoder: str, reader: str):
     import hashlib
 
     for batch in batches:
-        contents = batch["content"]
+        contents = images.batch_contents(batch, reader)
         results = decode_many(contents, height, width, decoder)
         yield pd.DataFrame(
             {
-                schema.SOURCE_PATH: batch["path"],
-                "sha1": [hashlib.sha1(data).hexdigest() for data in contents],
-                schema.IMAGE: [
-                    None if result.pixels is None else result.pixels.tobytes() for result in results
+                images.PATH: batch[images.PATH],
+                "sha1": [
+                    None if isinstance(data, ImageError) else hashlib.sha1(data).hexdigest()
+                    for data in contents
                 ],
                 "reason": [result.reason for result in results],
                 "message": [result.message for result in results],
             }
         )
+
+
+def _scan_settings(config: IngestConfig) -> dict[str, str]:
+    return images.scan_settings(config.partition_mb, config.open_cost_bytes, config.arrow_batch_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -409,18 +534,22 @@ def ingest(
     config: IngestConfig,
     config_text: str = "",
 ) -> IngestResult:
-    """Run the ingest job: decode, validate, split and write the tensor table.
+    """Run the ingest job: plan from the listing and the CSV, then read, decode and write in one pass.
 
-    Images are decoded once on executors and kept (persisted) while the driver resolves each file's
-    and row's fate on narrow columns (about 200 bytes per file: a million files is ~200 MB), then
-    the pixels are joined with the plan and written. No image bytes reach the driver.
+    Everything but the pixels is known before any image is read: Spark's listing gives each file's
+    image id and size, the CSV gives lesions and classes, and so each file's fate and each lesion's
+    split. Only files whose image id occurs more than once are read first (hashed, to tell a copy from
+    a conflict). Then one Spark job reads each planned file in the Python worker (or takes Spark's
+    `content` column, `reader: spark`), decodes it and writes the table; a file that fails to read or
+    decode becomes a quarantine row and its CSV row `image_rejected`. The driver sees about 200
+    bytes per file (a million files is ~200 MB) and no image bytes.
 
     Args:
         spark: the session.
         image_paths: directories (searched recursively) or globs, any Hadoop URI or local path.
         metadata_path: the HAM10000 metadata CSV.
         output: the output directory; replaced when it exists, and only once the new one is complete.
-        config: sizes, seed, split fractions, thresholds and partitioning.
+        config: sizes, seed, split fractions, thresholds, reader and partitioning.
         config_text: the resolved config as YAML, written beside the output as `_config.yaml`.
 
     Returns:
@@ -429,7 +558,8 @@ def ingest(
         status is "failed".
 
     Raises:
-        IngestError: missing/empty/malformed CSV, missing image path, or no images found.
+        IngestError: missing/empty/malformed CSV, unknown encoding, a missing image path, no images
+            found, or a bad setting.
     """
     started = time.perf_counter()
     fractions = check_fractions(config.split)
@@ -438,22 +568,27 @@ def ingest(
     output = storage.qualify(spark, output)
     metadata_path = storage.qualify(spark, metadata_path)
     image_paths = [storage.qualify(spark, path) for path in image_paths]
-    _set_read_partitioning(spark, config)
-
-    raw_rows = read_metadata(spark, metadata_path).toPandas()
-    rows = validate_metadata(raw_rows)
-    listing = read_image_files(spark, image_paths)
-    decoded = _decoded_files(listing, config).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        # The one pass that reads and decodes every image; the pixels stay in the persisted frame.
-        status = decoded.select(schema.SOURCE_PATH, schema.IMAGE_ID, "sha1", "reason", "message").toPandas()
-        status = pd.concat([status, _unscanned_files(listing.inputFiles(), status)], ignore_index=True)
-        if status.empty:
-            raise IngestError(f"no .jpg/.jpeg images found under {', '.join(image_paths)}")
-        files, rows = resolve_fates(status, rows)
-        plan = split_plan(_ingested_pairs(files, rows), fractions, config.seed, config.split_by)
+        reader = images.resolve_reader(config.reader, image_paths)
+        frame = images.list_images(spark, image_paths, reader)
+    except ValueError as error:
+        raise IngestError(str(error)) from None
+
+    raw_rows = read_metadata(spark, metadata_path, config.metadata_encoding).toPandas()
+    rows = validate_metadata(raw_rows, config.metadata_encoding)
+    files = list_files(spark, frame, config)
+    if files.empty:
+        raise IngestError(f"no {images.IMAGE_KINDS} images found under {', '.join(image_paths)}")
+    files = settle_repeated_ids(spark, frame, files, config, reader)
+    files, rows = resolve_fates(files, rows)
+    plan = split_plan(_ingested_pairs(files, rows), fractions, config.seed, config.split_by)
+
+    staging = storage.staging_path(output)
+    try:
+        failures = write_table(spark, frame, plan, config, reader, staging) if len(plan) else {}
+        files, rows, plan = apply_failures(files, rows, plan, failures)
         counts = _count(files, rows, plan, rows_read=len(raw_rows))
-        manifest = _manifest(config, image_paths, metadata_path, counts)
+        manifest = _manifest(config, reader, image_paths, metadata_path, counts)
         bad = _bad_fraction(counts)
         manifest["bad_fraction"] = round(bad, 6)
         quarantine = quarantine_table(files, rows)
@@ -464,64 +599,161 @@ def ingest(
                 f"{bad:.1%} of the input is bad, over --max-bad-fraction {config.max_bad_fraction:.1%}; "
                 f"the table was not written, see {target}/_quarantine"
             )
-            _write_outputs(spark, None, quarantine, manifest, config, config_text, target, started)
+            storage.delete(spark, staging)
+            staging = storage.staging_path(target)
+            _finish(spark, staging, quarantine, manifest, config_text, target, started)
             return IngestResult(target, manifest)
-        table = _final_table(spark, decoded, plan, config)
         manifest["status"] = "complete"
-        _write_outputs(spark, table, quarantine, manifest, config, config_text, output, started)
+        _finish(spark, staging, quarantine, manifest, config_text, output, started)
         return IngestResult(output, manifest)
-    finally:
-        decoded.unpersist()
+    except BaseException:
+        storage.delete(spark, staging)
+        raise
 
 
-def _unscanned_files(listed: Sequence[str], status: pd.DataFrame) -> pd.DataFrame:
-    """Files Spark listed but its scan never returned: zero-byte files, which file sources skip.
+def write_table(
+    spark: SparkSession, frame: DataFrame, plan: pd.DataFrame, config: IngestConfig, reader: str, target: str
+) -> dict[str, tuple[str, str]]:
+    """The one pass over the images: read, decode and write the planned files as the table at `target`.
 
-    Without this they would vanish silently; the driver's file index holds the listing anyway.
+    The plan (a few hundred bytes per image) travels to the workers as a broadcast variable, so the
+    pixels are neither joined nor shuffled: each task reads its share of the listing, keeps the planned
+    files, and writes their rows partitioned by split.
+
+    Returns:
+        {source_path: (reason, message)} for each planned file that could not be read or decoded.
     """
-    scanned = {_path_key(path) for path in status[schema.SOURCE_PATH]}
-    missing = sorted(path for path in listed if _path_key(path) not in scanned)
-    return pd.DataFrame(
-        {
-            schema.SOURCE_PATH: [_path_key(path) for path in missing],
-            schema.IMAGE_ID: [_path_key(path).rsplit("/", 1)[-1].rsplit(".", 1)[0] for path in missing],
-            "sha1": [None] * len(missing),
-            "reason": [schema.REASON_EMPTY] * len(missing),
-            "message": ["file is empty (0 bytes): listed, but Spark's file scan skips empty files"]
-            * len(missing),
-        }
+    table_schema = _table_schema(plan)
+    rows = _plan_rows(plan, table_schema)
+    sc = spark.sparkContext
+    failures = sc.accumulator([], _ListParam())
+    seen = sc.accumulator(0)
+    decode = functools.partial(
+        _decode_planned,
+        plan=sc.broadcast(rows),
+        columns=table_schema.fieldNames(),
+        height=config.height,
+        width=config.width,
+        decoder=config.decoder,
+        reader=reader,
+        failures=failures,
+        seen=seen,
+    )
+    columns = [images.PATH, images.CONTENT] if reader == "spark" else [images.PATH]
+    # Files of about rows_per_file rows, as many writers as cores (or a multiple of them), so no core
+    # idles through a last lone file; merging scan partitions costs no read parallelism below that.
+    cores = sc.defaultParallelism
+    writers = cores * max(1, math.ceil(len(plan) / (config.rows_per_file * cores)))
+    table = (
+        frame.select(*columns)
+        .mapInPandas(decode, table_schema)
+        .coalesce(writers)
+        .sortWithinPartitions(schema.SPLIT, schema.IMAGE_ID)
+    )
+    with query_settings(spark, _scan_settings(config)):
+        (
+            table.write.mode("overwrite")
+            .option("maxRecordsPerFile", config.rows_per_file)
+            .option("parquet.block.size", config.row_group_mb * 1024 * 1024)
+            .partitionBy(schema.SPLIT)
+            .parquet(target)
+        )
+    failed = {path: (reason, message) for path, reason, message in failures.value}
+    if seen.value != len(plan):
+        # Spark's scan skips a file that vanished after the listing: find what is in neither list.
+        written = set(spark.read.parquet(target).select(schema.SOURCE_PATH).toPandas()[schema.SOURCE_PATH])
+        for path in set(plan[schema.SOURCE_PATH]) - written - set(failed):
+            failed[path] = (schema.REASON_UNREADABLE, _GONE)
+    return failed
+
+
+def _decode_planned(
+    batches: Iterator[pd.DataFrame],
+    plan,
+    columns: list[str],
+    height: int,
+    width: int,
+    decoder: str,
+    reader: str,
+    failures,
+    seen,
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: the planned files of each batch, read, decoded and joined with their plan rows."""
+    planned = plan.value
+    for batch in batches:
+        batch = batch[batch[images.PATH].isin(planned.index)]
+        if batch.empty:
+            continue
+        results = decode_many(images.batch_contents(batch, reader), height, width, decoder)
+        paths = batch[images.PATH].to_numpy()
+        ok = [index for index, result in enumerate(results) if result.pixels is not None]
+        failures.add(
+            [
+                (paths[i], result.reason, result.message)
+                for i, result in enumerate(results)
+                if result.pixels is None
+            ]
+        )
+        seen.add(len(batch))
+        rows = planned.loc[paths[ok]].reset_index()
+        rows[schema.IMAGE] = [results[index].pixels.tobytes() for index in ok]
+        rows[schema.HEIGHT] = height
+        rows[schema.WIDTH] = width
+        yield rows[columns]
+
+
+class _ListParam(AccumulatorParam):
+    """An accumulator of a list: tasks add lists, the driver reads their concatenation."""
+
+    def zero(self, value):
+        return []
+
+    def addInPlace(self, total, update):
+        total.extend(update)
+        return total
+
+
+def _table_schema(plan: pd.DataFrame) -> T.StructType:
+    extra = [
+        name for name in plan.columns if name not in {*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT}
+    ]
+    return T.StructType(
+        [
+            *schema.INGESTED_SCHEMA,
+            *[T.StructField(name, T.StringType(), True) for name in extra],
+            T.StructField(schema.SPLIT, T.StringType(), False),
+        ]
     )
 
 
-def _path_key(uri: str) -> str:
-    # The file index says file:///a/b%20c, the scan says file:/a/b c: compare in the scan's form.
-    parts = urlsplit(uri)
-    path = unquote(parts.path)
-    return f"{parts.scheme}://{parts.netloc}{path}" if parts.netloc else f"{parts.scheme}:{path}"
+def _plan_rows(plan: pd.DataFrame, table_schema: T.StructType) -> pd.DataFrame:
+    """The plan's columns of the table, indexed by source path, with None for every missing value."""
+    plan = plan.assign(**{schema.LABEL: plan[schema.DX].map(schema.LABEL_INDEX).astype("int32")})
+    names = [name for name in table_schema.fieldNames() if name in plan.columns]
+    rows = plan[names].astype(object).where(plan[names].notna(), None)
+    rows[schema.LABEL] = plan[schema.LABEL].astype("int32")
+    rows[schema.AGE] = plan[schema.AGE].astype("float32")
+    return rows.set_index(schema.SOURCE_PATH, drop=False).rename_axis(images.PATH)
 
 
-def _decoded_files(files: DataFrame, config: IngestConfig) -> DataFrame:
-    # binaryFile pushes the length filter down, so oversized files are listed but never read.
-    too_large = files.filter(F.col("length") > config.max_image_bytes).select(
-        F.col("path").alias(schema.SOURCE_PATH),
-        F.lit(None).cast("string").alias("sha1"),
-        F.lit(None).cast("binary").alias(schema.IMAGE),
-        F.lit(schema.REASON_TOO_LARGE).alias("reason"),
-        F.format_string(f"file is %d bytes, over the {config.max_image_bytes:,}-byte limit", "length").alias(
-            "message"
-        ),
-    )
-    readable = files.filter(F.col("length") <= config.max_image_bytes)
-    decoded = decode_images(readable, config.height, config.width, config.decoder, config.arrow_batch_size)
-    return decoded.unionByName(too_large).withColumn(schema.IMAGE_ID, image_id_column(schema.SOURCE_PATH))
-
-
-def _set_read_partitioning(spark: SparkSession, config: IngestConfig) -> None:
-    # Spark charges every file a 4 MB open cost by default, which packs ~120 KB JPEGs about 4 to a
-    # partition: hundreds of tiny tasks. A near-zero cost and ~partition_mb partitions give few,
-    # evenly sized tasks whose Arrow batches stream through the decoder.
-    spark.conf.set("spark.sql.files.openCostInBytes", str(config.open_cost_bytes))
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(config.partition_mb * 1024 * 1024))
+def apply_failures(
+    files: pd.DataFrame, rows: pd.DataFrame, plan: pd.DataFrame, failures: dict[str, tuple[str, str]]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Record the planned files that failed to read or decode: each gets its reason, its CSV row
+    `image_rejected`, and it leaves the plan (the other images keep their splits)."""
+    if not failures:
+        return files, rows, plan
+    files, rows = files.copy(), rows.copy()
+    failed = files[schema.SOURCE_PATH].isin(set(failures))
+    for index in files.index[failed]:
+        files.loc[index, ["reason", "message"]] = list(failures[files.at[index, schema.SOURCE_PATH]])
+    reasons = files[failed].set_index(schema.IMAGE_ID)["reason"]
+    rejected = rows["reason"].isna() & rows[schema.IMAGE_ID].isin(reasons.index)
+    rows.loc[rejected, "reason"] = schema.REASON_IMAGE_REJECTED
+    rows.loc[rejected, "message"] = [
+        f"its image was quarantined ({reasons[image_id]})" for image_id in rows.loc[rejected, schema.IMAGE_ID]
+    ]
+    return files, rows, plan[~plan[schema.SOURCE_PATH].isin(set(failures))]
 
 
 def _ingested_pairs(files: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -530,37 +762,6 @@ def _ingested_pairs(files: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         columns=["reason", "message", CORRUPT_COLUMN, ROW_NUMBER], errors="ignore"
     )
     return good_rows.merge(good_files, on=schema.IMAGE_ID, how="inner", validate="one_to_one")
-
-
-def _final_table(
-    spark: SparkSession, decoded: DataFrame, plan: pd.DataFrame, config: IngestConfig
-) -> DataFrame:
-    plan = plan.assign(**{schema.LABEL: plan[schema.DX].map(schema.LABEL_INDEX).astype("int32")})
-    extra = [
-        name for name in plan.columns if name not in {*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT}
-    ]
-    plan_schema = T.StructType(
-        [field for field in schema.INGESTED_SCHEMA if field.name in plan.columns]
-        + [T.StructField(name, T.StringType(), True) for name in extra]
-        + [T.StructField(schema.SPLIT, T.StringType(), False)]
-    )
-    plan = plan[plan_schema.fieldNames()].astype(object).where(plan[plan_schema.fieldNames()].notna(), None)
-    plan_frame = spark.createDataFrame(plan, plan_schema)
-    pixels = decoded.filter(F.col("reason").isNull()).select(schema.SOURCE_PATH, schema.IMAGE)
-    # The plan is a few hundred bytes per image: broadcast it rather than shuffle the pixels.
-    joined = pixels.join(F.broadcast(plan_frame), schema.SOURCE_PATH)
-    sizes = {schema.HEIGHT: config.height, schema.WIDTH: config.width}
-    columns = [
-        F.lit(sizes[field.name]).cast("int").alias(field.name) if field.name in sizes else F.col(field.name)
-        for field in schema.INGESTED_SCHEMA
-    ]
-    table = joined.select(*columns, *extra, schema.SPLIT)
-    # Pixels are already decoded and persisted, so merging partitions here costs no decode
-    # parallelism; it gives files of about rows_per_file rows instead of three small ones per task.
-    # As many writers as cores (or a multiple of them), so no core idles through a last lone file.
-    cores = spark.sparkContext.defaultParallelism
-    files = cores * max(1, math.ceil(len(plan) / (config.rows_per_file * cores)))
-    return table.coalesce(files).sortWithinPartitions(schema.SPLIT, schema.IMAGE_ID)
 
 
 def _count(files: pd.DataFrame, rows: pd.DataFrame, plan: pd.DataFrame, rows_read: int) -> dict:
@@ -612,10 +813,11 @@ def _bad_fraction(counts: dict) -> float:
     return max(bad(files) / max(files["seen"], 1), bad(rows) / max(rows["read"], 1))
 
 
-def _manifest(config: IngestConfig, image_paths, metadata_path: str, counts: dict) -> dict:
+def _manifest(config: IngestConfig, reader: str, image_paths, metadata_path: str, counts: dict) -> dict:
     return {
         "job": "ingest",
         "status": "running",
+        "reader": reader,
         "inputs": {"images": list(image_paths), "metadata": metadata_path},
         "image_shape": [config.height, config.width, 3],
         "columns": [*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT],
@@ -629,33 +831,18 @@ def _manifest(config: IngestConfig, image_paths, metadata_path: str, counts: dic
     }
 
 
-def _write_outputs(spark, table, quarantine, manifest, config, config_text, output, started) -> None:
-    staging = storage.staging_path(output)
-    try:
-        if table is not None:
-            (
-                table.write.mode("overwrite")
-                .option("maxRecordsPerFile", config.rows_per_file)
-                .option("parquet.block.size", config.row_group_mb * 1024 * 1024)
-                .partitionBy(schema.SPLIT)
-                .parquet(staging)
-            )
-        spark.createDataFrame(quarantine, schema.QUARANTINE_SCHEMA).coalesce(1).write.parquet(
-            f"{staging}/_quarantine"
-        )
-        seconds = time.perf_counter() - started
-        manifest["seconds"] = round(seconds, 3)
-        manifest["images_per_second"] = round(manifest["counts"]["files"]["seen"] / seconds, 1)
-        storage.write_text(spark, f"{staging}/_manifest.json", json.dumps(manifest, indent=2, default=str))
-        storage.write_text(spark, f"{staging}/_config.yaml", config_text)
-        storage.publish(spark, staging, output)
-    except BaseException:
-        storage.delete(spark, staging)
-        raise
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _finish(spark, staging, quarantine, manifest, config_text, output, started) -> None:
+    """Write the quarantine, manifest and config into `staging` (which may already hold the table) and
+    move it into place at `output`."""
+    spark.createDataFrame(quarantine, schema.QUARANTINE_SCHEMA).coalesce(1).write.parquet(
+        f"{staging}/_quarantine"
+    )
+    seconds = time.perf_counter() - started
+    manifest["seconds"] = round(seconds, 3)
+    manifest["images_per_second"] = round(manifest["counts"]["files"]["seen"] / seconds, 1)
+    storage.write_text(spark, f"{staging}/_manifest.json", json.dumps(manifest, indent=2, default=str))
+    storage.write_text(spark, f"{staging}/_config.yaml", config_text)
+    storage.publish(spark, staging, output)
 
 
 def summary(manifest: dict) -> str:

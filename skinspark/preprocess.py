@@ -88,9 +88,15 @@ def decode_image(data: bytes, height: int, width: int, decoder: str = "simplejpe
 
 
 def decode_many(contents, height: int, width: int, decoder: str = "simplejpeg") -> list[DecodeResult]:
-    """Decode a sequence of encoded images, turning each failure into a DecodeResult with a reason."""
+    """Decode a sequence of encoded images, turning each failure into a DecodeResult with a reason.
+
+    An `ImageError` in place of an item's bytes (a file that could not be read) is its result.
+    """
     results = []
     for data in contents:
+        if isinstance(data, ImageError):
+            results.append(DecodeResult(None, data.reason, data.message))
+            continue
         try:
             results.append(DecodeResult(decode_image(data, height, width, decoder)))
         except ImageError as error:

@@ -50,13 +50,21 @@ from pyspark.sql import types as T
 
 from skinspark import model_cache, schema, storage
 from skinspark.config import ScoreConfig
-from skinspark.ingest import image_id_column
+from skinspark.errors import first_line
+from skinspark.images import (
+    CONTENT,
+    IMAGE_KINDS,
+    batch_contents,
+    image_id_column,
+    list_images,
+    read_files,
+    resolve_reader,
+    scan_settings,
+)
 from skinspark.preprocess import DECODERS, ImageError, decode_image, pixels_from_bytes
-from skinspark.session import task_cpus
+from skinspark.session import query_settings, task_cpus
 from skinspark.versions import package_versions
 
-# Any-case .jpg / .jpeg / .png (Hadoop glob syntax, applied to file names).
-IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
 MODES = ("overwrite", "resume")
 MODEL_FILES = ("model.keras", "labels.json", "preprocessing.json")  # what model_id hashes
 MANIFEST_FILE = "_manifest.json"
@@ -233,17 +241,23 @@ def predict_frame(
     data_column: str = "content",
     raw_pixels: bool = False,
     passthrough: Sequence[str] = (PATH,),
+    max_batch: int = 256,
 ) -> pd.DataFrame:
-    """Decode a batch of images and predict them with one model call.
+    """Decode a batch of images and predict them, `max_batch` images per model call.
+
+    The one prediction function of the scoring job and of `predict_udf`.
 
     Args:
-        batch: rows with `data_column` (encoded file bytes, or raw pixels when `raw_pixels`; then also
-            `height` and `width` columns) and the `passthrough` columns.
+        batch: rows with `data_column` (encoded file bytes, an `ImageError` for a file that could not
+            be read, or raw pixels when `raw_pixels`; then also `height` and `width` columns) and the
+            `passthrough` columns.
         load_model: returns the Keras model (uint8 pixels in, probabilities over schema.LABELS out);
             called only when the batch has a decodable image.
         height, width, decoder: the model's preprocessing.
         raw_pixels: the data are stored pixels (the ingested table) instead of encoded files.
         passthrough: columns copied to the output unchanged.
+        max_batch: the most images per `predict_on_batch` call (a SQL UDF's Arrow batch can hold
+            10,000 rows, far more than a model call should take at once).
 
     Returns:
         `passthrough` columns, `predicted_label` (nullable Int32), `confidence`, one `prob_<label>`
@@ -260,6 +274,8 @@ def predict_frame(
     pixels, decoded = [], []
     for index, data in enumerate(batch[data_column]):
         try:
+            if isinstance(data, ImageError):
+                raise data
             if raw_pixels:
                 stored = (batch[schema.HEIGHT].iat[index], batch[schema.WIDTH].iat[index])
                 pixels.append(_stored_pixels(data, *stored, height, width))
@@ -272,14 +288,17 @@ def predict_frame(
             reasons[index] = schema.REASON_UNDECODABLE
             errors[index] = f"{schema.REASON_UNDECODABLE}: {type(error).__name__}: {error}"
     if decoded:
-        predicted = np.asarray(load_model().predict_on_batch(np.stack(pixels)), dtype=np.float32)
-        if predicted.shape != (len(decoded), schema.NUM_CLASSES):
-            expected = (len(decoded), schema.NUM_CLASSES)
-            raise ValueError(f"model returned shape {predicted.shape}, expected {expected}")
-        probabilities[decoded] = predicted
+        model = load_model()
+        for start in range(0, len(decoded), max(1, max_batch)):
+            rows = decoded[start : start + max(1, max_batch)]
+            predicted = np.asarray(model.predict_on_batch(np.stack(pixels[start : start + len(rows)])))
+            if predicted.shape != (len(rows), schema.NUM_CLASSES):
+                expected = (len(rows), schema.NUM_CLASSES)
+                raise ValueError(f"model returned shape {predicted.shape}, expected {expected}")
+            probabilities[rows] = predicted.astype(np.float32)
     failed = np.isnan(probabilities).any(axis=1)
     best = np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)
-    frame = pd.DataFrame({name: batch[name].to_numpy() for name in passthrough})
+    frame = pd.DataFrame({name: batch[name].to_numpy() for name in passthrough}, index=range(count))
     labels = [None if bad else int(label) for bad, label in zip(failed, best, strict=True)]
     frame[PREDICTED_LABEL] = pd.array(labels, dtype="Int32")
     frame[CONFIDENCE] = probabilities.max(axis=1)  # NaN (null) for a failed row
@@ -302,6 +321,119 @@ def _stored_pixels(raw: bytes, stored_height, stored_width, height: int, width: 
             schema.REASON_TRUNCATED, f"stored pixels are {size} bytes, expected {height * width * 3}"
         )
     return pixels_from_bytes(raw, height, width)
+
+
+# --------------------------------------------------------------------------------------------------
+# A UDF for people who score inside their own Spark code
+
+PREDICTION_STRUCT = T.StructType(
+    [
+        T.StructField(PREDICTED_DX, T.StringType(), True),
+        T.StructField(CONFIDENCE, T.FloatType(), True),
+        *[T.StructField(name, T.FloatType(), True) for name in schema.PROB_COLUMNS],
+        T.StructField(ERROR_REASON, T.StringType(), True),
+        T.StructField(ERROR, T.StringType(), True),
+    ]
+)
+UDF_NAME = "skinspark_predict"
+
+
+def predict_udf(model_dir: str, batch_size: int = 256, spark: SparkSession | None = None):
+    """An iterator pandas UDF that scores a column of image paths or of encoded image bytes.
+
+        predict = predict_udf("out/model")
+        files = spark.read.format("binaryFile").load("archive/").select("path")
+        files.select("path", predict("path").alias("p")).select("path", "p.predicted_dx", "p.confidence")
+
+    A string value is a path (`file:/a.jpg`, `/a.jpg`, `hdfs://...`, `s3a://...`), read in the Python
+    worker; a binary value is the file's bytes (e.g. `binaryFile`'s `content`). The model is loaded
+    once per Python worker and reused by every later batch and task; each call predicts at most
+    `batch_size` images at once. The scoring job predicts with the same function (`predict_frame`).
+
+    Returns:
+        A UDF returning a struct of `predicted_dx`, `confidence`, the 7 `prob_<label>` columns,
+        `error_reason` and `error` (predictions null and the reason set for a file that cannot be
+        read or decoded).
+
+    Raises:
+        ScoreError: no active session, or a bad model directory.
+    """
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        raise ScoreError("predict_udf needs an active SparkSession")
+    model_dir = _local_dir(model_dir)
+    identifier = model_id(model_dir)
+    spec = read_model_spec(model_dir)
+    arguments = {
+        "location": _model_location(spark, model_dir, identifier),
+        "identifier": identifier,
+        "threads": task_cpus(spark),
+        "height": spec["height"],
+        "width": spec["width"],
+        "decoder": spec["decoder"],
+        "batch_size": max(1, int(batch_size)),
+    }
+
+    def skinspark_predict(values: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        yield from predict_series(values, **arguments)
+
+    return F.pandas_udf(skinspark_predict, PREDICTION_STRUCT)
+
+
+def register_predict_udf(spark: SparkSession, model_dir: str, name: str = UDF_NAME, batch_size: int = 256):
+    """Register `predict_udf(model_dir)` for Spark SQL: `SELECT skinspark_predict(path) FROM files`.
+
+    Returns:
+        The UDF, for DataFrame code too.
+    """
+    udf = predict_udf(model_dir, batch_size, spark)
+    spark.udf.register(name, udf)
+    return udf
+
+
+def predict_series(
+    values: Iterator[pd.Series],
+    *,
+    location: str,
+    identifier: str,
+    threads: int,
+    height: int,
+    width: int,
+    decoder: str,
+    batch_size: int,
+) -> Iterator[pd.DataFrame]:
+    """The UDF's body: paths are read here, bytes taken as they are, `batch_size` rows at a time."""
+    model_dir = _local_model_dir(location)
+    load = functools.partial(model_cache.get_model, model_dir, identifier, threads)
+    for series in values:
+        parts = []
+        for start in range(0, len(series), batch_size):
+            contents = _udf_contents(series.iloc[start : start + batch_size])
+            frame = predict_frame(
+                pd.DataFrame({CONTENT: contents}), load, height, width, decoder, CONTENT, passthrough=()
+            )
+            labels = frame[PREDICTED_LABEL]
+            frame[PREDICTED_DX] = [None if pd.isna(label) else schema.LABELS[int(label)] for label in labels]
+            parts.append(frame[PREDICTION_STRUCT.fieldNames()])
+        yield (
+            pd.concat(parts, ignore_index=True)
+            if parts
+            else pd.DataFrame({name: [] for name in PREDICTION_STRUCT.fieldNames()})
+        )
+
+
+def _udf_contents(values: pd.Series) -> list:
+    paths = [value for value in values if isinstance(value, str)]
+    read = iter(read_files(paths))
+    contents = []
+    for value in values:
+        if isinstance(value, str):
+            contents.append(next(read))
+        elif value is None or (isinstance(value, float) and np.isnan(value)):
+            contents.append(ImageError(schema.REASON_EMPTY, "no image: the value is null"))
+        else:
+            contents.append(bytes(value))
+    return contents
 
 
 class _WorkerStats(AccumulatorParam):
@@ -330,37 +462,27 @@ def _score_partition(
     raw_pixels: bool,
     passthrough: Sequence[str],
     stats,
+    reader: str | None = None,
+    max_batch: int = 256,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: the model comes from the worker's module-level cache, loaded on first use."""
+    """mapInPandas body: the model comes from the worker's module-level cache, loaded on first use.
+
+    With `reader` set, each batch holds files by `path`: their bytes are read here ("python") or
+    come in Spark's `content` column ("spark").
+    """
     model_dir = _local_model_dir(location)
     load = functools.partial(model_cache.get_model, model_dir, identifier, threads)
     for batch in batches:
-        yield predict_frame(batch, load, height, width, decoder, data_column, raw_pixels, passthrough)
+        if reader is not None:
+            batch = batch.assign(**{data_column: list(batch_contents(batch, reader))})
+        yield predict_frame(
+            batch, load, height, width, decoder, data_column, raw_pixels, passthrough, max_batch
+        )
     stats.add({f"{socket.gethostname()}:{os.getpid()}": (1, model_cache.load_count(model_dir, identifier))})
 
 
 # --------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def read_image_files(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
-    """Spark's `binaryFile` source over directories (searched recursively) or globs, any-case
-    .jpg/.jpeg/.png. Content is read only when selected.
-
-    Raises:
-        ScoreError: no paths, or a path does not exist.
-    """
-    if not paths:
-        raise ScoreError("no image paths given")
-    try:
-        return (
-            spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .option("pathGlobFilter", IMAGE_GLOB)
-            .load([storage.qualify(spark, path) for path in paths])
-        )
-    except AnalysisException as error:
-        raise ScoreError(f"image path not found: {_first_line(error)}") from None
 
 
 class _Source:
@@ -380,13 +502,15 @@ class _Source:
 
 
 class _ImageFiles(_Source):
-    """Files read with binaryFile. The key hashes `_metadata.file_path`, a column Spark evaluates
-    against its file listing, so a chunk's key range prunes the files a chunk's query opens."""
+    """Files listed with binaryFile and read by `reader`. The key hashes `_metadata.file_path`, a
+    column Spark evaluates against its file listing, so a chunk's key range prunes the files a chunk's
+    query opens."""
 
-    def __init__(self, frame: DataFrame, max_image_bytes: int):
+    def __init__(self, frame: DataFrame, max_image_bytes: int, reader: str):
         self.frame = frame
         self.key = F.xxhash64(F.col("_metadata.file_path"))
         self.max_image_bytes = max_image_bytes
+        self.reader = reader
         self.empty: DataFrame | None = None
 
     def listing(self) -> DataFrame:
@@ -404,18 +528,20 @@ class _ImageFiles(_Source):
         listed = self.frame._jdf.inputFiles()
         if len(listed) <= scanned:
             return 0
+        scan = self.frame.select(F.col("_metadata.file_path").alias("file_path"))
+        empty = self._index(listed).join(scan.select(self.key.alias(_KEY)), _KEY, "left_anti")
+        self.empty = empty.persist()
+        return self.empty.count()
+
+    def _index(self, listed=None) -> DataFrame:
+        """`path` and `_key` of every file in Spark's file index, built in the JVM (the paths never
+        reach Python): the scan skips zero-byte files and files gone since the listing; the index
+        still holds them."""
+        listed = self.frame._jdf.inputFiles() if listed is None else listed
         spark = self.frame.sparkSession
         every = Column(spark._jvm.org.apache.spark.sql.functions.lit(listed))
         # The index writes `file:///a`, the scan `file:/a`; both are URI-encoded.
-        listing = (
-            spark.range(1)
-            .select(F.explode(every).alias("file_path"))
-            .select(
-                F.regexp_replace("file_path", r"^([A-Za-z][A-Za-z0-9+.-]*):///", "$1:/").alias("file_path")
-            )
-        )
-        scan = self.frame.select(F.col("_metadata.file_path").alias("file_path"))
-        empty = listing.join(scan, "file_path", "left_anti")
+        file_path = F.regexp_replace("file_path", r"^([A-Za-z][A-Za-z0-9+.-]*):///", "$1:/")
         decoded = F.call_function(
             "reflect",
             F.lit("java.net.URLDecoder"),
@@ -423,8 +549,12 @@ class _ImageFiles(_Source):
             F.regexp_replace("file_path", r"\+", "%2B"),
             F.lit("UTF-8"),
         )
-        self.empty = empty.select(decoded.alias(PATH), F.xxhash64("file_path").alias(_KEY)).persist()
-        return self.empty.count()
+        return (
+            spark.range(1)
+            .select(F.explode(every).alias("file_path"))
+            .select(file_path.alias("file_path"))
+            .select(decoded.alias(PATH), F.xxhash64("file_path").alias(_KEY))
+        )
 
     def release(self) -> None:
         if self.empty is not None:
@@ -433,7 +563,8 @@ class _ImageFiles(_Source):
     def chunk(self, chunk, done, udf_args):
         selection = self.frame.where(self.key.between(chunk.low, chunk.high))
         # binaryFile pushes the length filter down: oversized files are listed but never opened.
-        readable = selection.where(F.col("length") <= self.max_image_bytes).select(PATH, "content")
+        columns = [PATH, CONTENT] if self.reader == "spark" else [PATH]
+        readable = selection.where(F.col("length") <= self.max_image_bytes).select(*columns)
         too_large = selection.where(F.col("length") > self.max_image_bytes).select(PATH, "length")
         empty = None
         if self.empty is not None:
@@ -444,7 +575,12 @@ class _ImageFiles(_Source):
             empty = None if empty is None else empty.join(done, PATH, "left_anti")
         predictions = readable.mapInPandas(
             functools.partial(
-                _score_partition, data_column="content", raw_pixels=False, passthrough=[PATH], **udf_args
+                _score_partition,
+                data_column=CONTENT,
+                raw_pixels=False,
+                passthrough=[PATH],
+                reader=self.reader,
+                **udf_args,
             ),
             T.StructType([T.StructField(PATH, T.StringType(), False), *_PREDICTION_FIELDS]),
         )
@@ -455,6 +591,15 @@ class _ImageFiles(_Source):
         if empty is not None:
             message = F.lit("file is empty (0 bytes)")
             rows = rows.unionByName(_error_rows(empty, schema.REASON_EMPTY, message))
+        return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
+
+    def missing(self, chunk: Chunk, written: DataFrame) -> DataFrame:
+        """Error rows for the files of `chunk` that are not in `written`: Spark's scan skips a file
+        that vanished after the listing instead of failing the task."""
+        listed = self._index().where(F.col(_KEY).between(chunk.low, chunk.high)).select(PATH)
+        gone = listed.join(written.select(PATH), PATH, "left_anti")
+        message = F.lit("cannot read the file: listed, but gone or unreadable when it was read")
+        rows = _error_rows(gone, schema.REASON_UNREADABLE, message)
         return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
 
 
@@ -512,7 +657,7 @@ def read_table(spark: SparkSession, table: str) -> DataFrame:
     try:
         frame = spark.read.parquet(storage.qualify(spark, table))
     except AnalysisException as error:
-        raise ScoreError(f"table not found or unreadable: {table} ({_first_line(error)})") from None
+        raise ScoreError(f"table not found or unreadable: {table} ({first_line(error)})") from None
     needed = [
         schema.IMAGE_ID,
         schema.DX,
@@ -678,8 +823,15 @@ def _check_output(spark: SparkSession, output: str, mode: str, identifier: str, 
     return chunks
 
 
-def _commit_chunk(spark: SparkSession, frame: DataFrame, output: str, number: int) -> str:
-    """Write one chunk into a hidden staging directory inside `output`, then rename it into place.
+def _commit_chunk(
+    spark: SparkSession,
+    frame: DataFrame,
+    output: str,
+    number: int,
+    complete: Callable[[str], None] | None = None,
+) -> str:
+    """Write one chunk into a hidden staging directory inside `output` (then `complete(staging)` may add
+    to it), then rename it into place.
 
     Spark skips names starting with '.' when reading a directory, and a rename is atomic on HDFS and
     local disks, so readers and `--mode resume` see the whole chunk or none of it.
@@ -688,6 +840,8 @@ def _commit_chunk(spark: SparkSession, frame: DataFrame, output: str, number: in
     staging = f"{output}/.{CHUNK}={number:06d}.staging-{os.urandom(6).hex()}"
     try:
         frame.write.mode("errorifexists").parquet(staging)
+        if complete is not None:
+            complete(staging)
         _publish_chunk(spark, staging, final)
     except BaseException:
         storage.delete(spark, staging)
@@ -748,84 +902,100 @@ def score(
     identifier = model_id(model_dir)
     spec = read_model_spec(model_dir)
     output = storage.qualify(spark, output).rstrip("/")
-    _set_partitioning(spark, config)
-    if images is not None:
-        source: _Source = _ImageFiles(read_image_files(spark, images), config.max_image_bytes)
-        inputs = {"images": [storage.qualify(spark, path) for path in images]}
-    else:
-        frame = read_table(spark, table)
-        _check_table_size(frame, spec)
-        source = _Table(frame)
-        inputs = {"table": storage.qualify(spark, table)}
-    kind = "table" if source.labelled else "images"
-    try:
-        kept = _check_output(spark, output, config.mode, identifier, kind)
-        if config.mode == "resume":
-            _remove_leftovers(spark, output)
-        done = spark.read.parquet(output).select(PATH) if kept else None
-        seen, already, chunks = plan_chunks(source.listing(), done, config.chunk_files)
-        if isinstance(source, _ImageFiles) and source.find_empty_files(seen):
+    with query_settings(spark, _settings(spark, config)):
+        if images is not None:
+            paths = [storage.qualify(spark, path) for path in images]
+            try:
+                reader = resolve_reader(config.reader, paths)
+                source: _Source = _ImageFiles(
+                    list_images(spark, paths, reader), config.max_image_bytes, reader
+                )
+            except ValueError as error:  # ImagePathError included
+                raise ScoreError(str(error)) from None
+            inputs = {"images": paths}
+        else:
+            frame = read_table(spark, table)
+            _check_table_size(frame, spec)
+            source = _Table(frame)
+            inputs = {"table": storage.qualify(spark, table)}
+        kind = "table" if source.labelled else "images"
+        try:
+            kept = _check_output(spark, output, config.mode, identifier, kind)
+            if config.mode == "resume":
+                _remove_leftovers(spark, output)
+            done = spark.read.parquet(output).select(PATH) if kept else None
             seen, already, chunks = plan_chunks(source.listing(), done, config.chunk_files)
-        if seen == 0:
-            raise ScoreError(f"no .jpg/.jpeg/.png images found in {', '.join(map(str, inputs.values()))}")
-        if config.mode == "overwrite" and storage.exists(spark, output):
-            storage.delete(spark, output)  # only now: a failed listing leaves the old output alone
-        manifest = {
-            "job": "score",
-            "status": "running",
-            "input_kind": kind,
-            "inputs": inputs,
-            "output": output,
-            "model": {"dir": model_dir, "model_id": identifier, "preprocessing": spec},
-            "columns": output_columns(source.labelled),
-            "error_columns": {ERROR_REASON: "a reason code, or null", ERROR: "'reason: message', or null"},
-            "config": dataclasses.asdict(config),
-            "versions": package_versions(),
-            "run": {
-                "started_at": started_at,
-                "mode": config.mode,
-                "files_seen": seen,
-                "already_scored": already,
-                "chunks_planned": len(chunks),
-            },
-        }
-        storage.write_text(spark, f"{output}/{MANIFEST_FILE}", json.dumps(manifest, indent=2, default=str))
-        storage.write_text(spark, f"{output}/{CONFIG_FILE}", config_text)
-        first = (kept[-1] + 1) if kept else 0
-        workers = _score_chunks(
-            spark,
-            source,
-            chunks,
-            output,
-            first,
-            model_dir,
-            identifier,
-            spec,
-            _progress_line(progress, started, seen, already, len(chunks)),
+            if isinstance(source, _ImageFiles) and source.find_empty_files(seen):
+                seen, already, chunks = plan_chunks(source.listing(), done, config.chunk_files)
+            if seen == 0:
+                raise ScoreError(f"no {IMAGE_KINDS} images found in {', '.join(map(str, inputs.values()))}")
+            if config.mode == "overwrite" and storage.exists(spark, output):
+                storage.delete(spark, output)  # only now: a failed listing leaves the old output alone
+            manifest = {
+                "job": "score",
+                "status": "running",
+                "input_kind": kind,
+                "inputs": inputs,
+                "reader": getattr(source, "reader", None),  # None for a table: its pixels are stored
+                "output": output,
+                "model": {"dir": model_dir, "model_id": identifier, "preprocessing": spec},
+                "columns": output_columns(source.labelled),
+                "error_columns": {
+                    ERROR_REASON: "a reason code, or null",
+                    ERROR: "'reason: message', or null",
+                },
+                "config": dataclasses.asdict(config),
+                "versions": package_versions(),
+                "run": {
+                    "started_at": started_at,
+                    "mode": config.mode,
+                    "files_seen": seen,
+                    "already_scored": already,
+                    "chunks_planned": len(chunks),
+                },
+            }
+            storage.write_text(
+                spark, f"{output}/{MANIFEST_FILE}", json.dumps(manifest, indent=2, default=str)
+            )
+            storage.write_text(spark, f"{output}/{CONFIG_FILE}", config_text)
+            first = (kept[-1] + 1) if kept else 0
+            workers = _score_chunks(
+                spark,
+                source,
+                chunks,
+                output,
+                first,
+                model_dir,
+                identifier,
+                spec,
+                _progress_line(progress, started, seen, already, len(chunks)),
+                config.batch_size,
+            )
+        finally:
+            source.release()
+        seconds = time.perf_counter() - started
+        written = sum(chunk.files for chunk in chunks)
+        manifest["run"].update(
+            {
+                "files_scored": written,
+                "chunks_committed": len(chunks),
+                "seconds": round(seconds, 3),
+                "images_per_second": round(written / seconds, 1),
+                "workers": workers,
+            }
         )
-    finally:
-        source.release()
-    seconds = time.perf_counter() - started
-    written = sum(chunk.files for chunk in chunks)
-    manifest["run"].update(
-        {
-            "files_scored": written,
-            "chunks_committed": len(chunks),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(written / seconds, 1),
-            "workers": workers,
-        }
-    )
-    manifest.update(_count_output(spark, output, first))
-    if source.labelled:
-        metrics = _labelled_metrics(spark, output)
-        if metrics:
-            storage.write_text(spark, f"{output}/{METRICS_FILE}", json.dumps(metrics, indent=2))
-            headline = ("images", "accuracy", "balanced_accuracy", "macro_f1")
-            manifest["metrics"] = {split: {key: m[key] for key in headline} for split, m in metrics.items()}
-    manifest.update(_verdict(manifest, config))
-    storage.write_text(spark, f"{output}/{MANIFEST_FILE}", json.dumps(manifest, indent=2, default=str))
-    return ScoreResult(output, manifest)
+        manifest.update(_count_output(spark, output, first))
+        if source.labelled:
+            metrics = _labelled_metrics(spark, output)
+            if metrics:
+                storage.write_text(spark, f"{output}/{METRICS_FILE}", json.dumps(metrics, indent=2))
+                headline = ("images", "accuracy", "balanced_accuracy", "macro_f1")
+                manifest["metrics"] = {
+                    split: {key: m[key] for key in headline} for split, m in metrics.items()
+                }
+        manifest.update(_verdict(manifest, config))
+        storage.write_text(spark, f"{output}/{MANIFEST_FILE}", json.dumps(manifest, indent=2, default=str))
+        return ScoreResult(output, manifest)
 
 
 def _score_chunks(
@@ -838,6 +1008,7 @@ def _score_chunks(
     identifier: str,
     spec: dict,
     progress: Callable[[int, Chunk], None],
+    batch_size: int,
 ) -> dict:
     """Score and commit each chunk in turn as `chunk=<first + index>`; returns the worker statistics."""
     stats = spark.sparkContext.accumulator({}, _WorkerStats())
@@ -849,6 +1020,7 @@ def _score_chunks(
         "width": spec["width"],
         "decoder": spec["decoder"],
         "stats": stats,
+        "max_batch": batch_size,
     }
     for index, chunk in enumerate(chunks):
         done = None
@@ -858,8 +1030,19 @@ def _score_chunks(
             if chunk.done <= 200_000:
                 done = F.broadcast(done)
         frame = _final_columns(source.chunk(chunk, done, udf_args), identifier, source.labelled)
+
+        def complete(staging: str, chunk: Chunk = chunk, done: DataFrame | None = done) -> None:
+            # Spark's scan skips a file that vanished after the listing: give it its row here.
+            written = spark.read.parquet(staging)
+            if isinstance(source, _ImageFiles) and written.count() < chunk.files:
+                paths = written.select(PATH) if done is None else written.select(PATH).unionByName(done)
+                missing = source.missing(chunk, paths)
+                _final_columns(missing, identifier, False).write.mode("append").parquet(staging)
+
         # One file per chunk: a small shuffle of prediction rows (not images) after the parallel scoring.
-        _commit_chunk(spark, frame.repartition(1).sortWithinPartitions(PATH), output, first + index)
+        sorted_frame = frame.repartition(1).sortWithinPartitions(PATH)
+        needs_check = isinstance(source, _ImageFiles)
+        _commit_chunk(spark, sorted_frame, output, first + index, complete if needs_check else None)
         progress(index, chunk)
     return _worker_summary(stats.value)
 
@@ -900,18 +1083,18 @@ def _check_table_size(frame: DataFrame, spec: dict) -> None:
         )
 
 
-def _set_partitioning(spark: SparkSession, config: ScoreConfig) -> None:
-    # Bounded Arrow batches: batch_size JPEGs per call into Python (Spark's default is 10,000 rows).
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
-    # As in ingest: a near-zero per-file open cost and ~partition_mb read tasks, not 4 files per task.
-    spark.conf.set("spark.sql.files.openCostInBytes", str(config.open_cost_bytes))
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(config.partition_mb * 1024 * 1024))
+def _settings(spark: SparkSession, config: ScoreConfig) -> dict[str, str]:
+    """Spark settings for the job's queries, set and restored around them (`query_settings`)."""
+    # A near-zero per-file open cost and ~partition_mb read tasks, not 4 files per task; Arrow
+    # batches of batch_size files per call into Python (Spark's default is 10,000 rows).
+    settings = scan_settings(config.partition_mb, config.open_cost_bytes, config.batch_size)
     if spark.conf.get("spark.sql.files.minPartitionNum", None) is None:
         # A chunk smaller than partition_mb per core still makes a few tasks per core: Spark's packing
         # would otherwise give e.g. 3 tasks to 2 cores, leaving one core idle for a third of the time.
-        spark.conf.set("spark.sql.files.minPartitionNum", str(4 * spark.sparkContext.defaultParallelism))
+        settings["spark.sql.files.minPartitionNum"] = str(4 * spark.sparkContext.defaultParallelism)
     # `scored_at` as a standard UTC timestamp (Spark's default INT96 reads back as a naive time elsewhere).
-    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    settings["spark.sql.parquet.outputTimestampType"] = "TIMESTAMP_MICROS"
+    return settings
 
 
 def _final_columns(frame: DataFrame, identifier: str, labelled: bool) -> DataFrame:
@@ -1003,10 +1186,6 @@ def _verdict(manifest: dict, config: ScoreConfig) -> dict:
             ),
         )
     return verdict
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def summary(manifest: dict) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -67,3 +68,23 @@ def task_cpus(spark: SparkSession) -> int:
 def default_parallelism(spark: SparkSession) -> int:
     """The number of task slots Spark reports for the application."""
     return int(spark.sparkContext.defaultParallelism)
+
+
+@contextlib.contextmanager
+def query_settings(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set Spark SQL settings for the queries run inside the block, then restore the old values.
+
+    File partitioning and Arrow batch sizes are read when a query is planned and run, so the block must
+    hold the action (a write, a collect), not only the DataFrame's construction.
+    """
+    old = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, str(value))
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from skinspark import schema
-from skinspark.session import CONF_DIR
+from skinspark.session import CONF_DIR, child_environment
 
 LOCALHOST = "127.0.0.1"
 JOBS = ("ingest", "train", "score")
@@ -310,7 +310,7 @@ def standalone_cluster(
     port, webui_port = free_port(), free_port()
     master_url, ui_url = f"spark://{LOCALHOST}:{port}", f"http://{LOCALHOST}:{webui_port}"
     # Bind every daemon, and the web UIs, to the loopback interface only.
-    env = {**os.environ, "SPARK_LOCAL_IP": LOCALHOST, "SPARK_HOME": str(home)}
+    env = child_environment({"SPARK_LOCAL_IP": LOCALHOST, "SPARK_HOME": str(home)})
     daemons = Daemons()
     try:
         daemons.start(
@@ -404,7 +404,7 @@ def run_jobs(
     print(f"sample: generating {images} HAM10000-shaped images into {output / 'data'}", flush=True)
     print(format_summary(generate(output / "data", images=images, seed=seed, overwrite=True)), flush=True)
     _remove_previous_model(output / "model")
-    env = {**os.environ, **dict(extra_env or {})}
+    env = child_environment(extra_env)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results: list[JobResult] = []
     for name, job_args in pipeline(output, num_proc, epochs):

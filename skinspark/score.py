@@ -3,19 +3,20 @@
 The flow (the driver sees file names' hashes, counts and a few numbers per chunk; image bytes and
 predictions stay on executors):
 
-1. `read_image_files`: Spark's `binaryFile` source, recursive, any-case .jpg/.jpeg/.png. Only the
-   listing (path, length) is read to plan; `--table` reads the ingested Parquet instead. Zero-byte
-   files, which Spark's file scans skip, are found by comparing the scan with the file index.
+1. `skinspark.images.list_images`: Spark's `binaryFile` source, recursive, any-case .jpg/.jpeg/.png.
+   Only the listing (path, length) is read to plan; `--table` reads the ingested Parquet instead.
+   Zero-byte files, which Spark's file scans skip, are found by comparing the scan with the file index.
 2. Planning: files already in the output (`--mode resume`) are flagged by a join on `path`; the rest
    are cut into chunks of about `chunk_files` files: ranges of a 64-bit hash of the file's path
    (xxhash64), split at approximate quantiles (`percentile_approx`). Each chunk's hash range is a
    filter on the `_metadata.file_path` column, which Spark applies to its file listing, so a chunk's
    query opens only that chunk's files.
-3. Each chunk: `mapInPandas` over Arrow batches of `batch_size` rows decodes with
+3. Each chunk: `mapInPandas` over Arrow batches of `batch_size` paths; the Python worker reads each
+   file itself (`reader: python`; or Spark ships its bytes in `content`, `reader: spark`), decodes with
    `skinspark.preprocess.decode_image` (the path training used) and predicts the whole batch with one
    model call. The model is loaded once per Python worker process (`skinspark.model_cache`). Files
    over `max_image_bytes` are never read (the `length` filter is pushed into binaryFile); they and
-   undecodable files become rows with an error.
+   undecodable or vanished files become rows with an error.
 4. Commit: the chunk is written as Parquet into a hidden staging directory inside the output and
    renamed to `chunk=NNNNNN/`. A reader (and `--mode resume`) sees whole chunks or nothing, so a kill
    loses at most the chunk in flight.

@@ -88,3 +88,24 @@ def query_settings(spark: SparkSession, settings: Mapping[str, str]) -> Iterator
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
+
+
+# What spark-submit (and a running PySpark driver) puts in the environment for its own Python process.
+_DRIVER_ONLY_VARIABLES = (
+    "PYSPARK_GATEWAY_PORT",
+    "PYSPARK_GATEWAY_SECRET",
+    "PYSPARK_DRIVER_CONN_INFO_PATH",
+    "SPARK_AUTH_SOCKET_TIMEOUT",
+    "SPARK_BUFFER_SIZE",
+)
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a job started as a child process of a Spark driver.
+
+    A child that inherits the driver's PySpark gateway variables connects to the parent's JVM instead
+    of starting its own, and fails; everything else (PATH, SPARK_HOME, PYSPARK_PYTHON) passes through.
+    """
+    env = {key: value for key, value in os.environ.items() if key not in _DRIVER_ONLY_VARIABLES}
+    env.update(extra or {})
+    return env

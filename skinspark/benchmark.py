@@ -457,9 +457,7 @@ def predict_batch_udf_scoring(
         batch_size=batch_size,
         input_tensor_shapes=[[height, width, 3]],
     )
-    frame = list_images(spark, image_dirs, "spark").select(
-        "path", classify(decode("content")).alias("probabilities")
-    )
+    frame = list_images(spark, image_dirs).select("path", classify(decode("content")).alias("probabilities"))
     output = str(Path(location).parent / "predict-batch-udf-output")
     frame.write.mode("overwrite").parquet(output)
     return spark.read.parquet(output).count()

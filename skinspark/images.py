@@ -40,14 +40,13 @@ class ImagePathError(ValueError):
     """No image paths, or a path that does not exist; the message is one line for the user."""
 
 
-def list_images(spark: SparkSession, paths: Sequence[str], reader: str = "python") -> DataFrame:
+def list_images(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
     """Spark's `binaryFile` source over directories (searched recursively) or globs, any-case
     .jpg/.jpeg/.png.
 
     Args:
         spark: the session.
         paths: directories or globs; local paths or any Hadoop URI.
-        reader: "python" or "spark" (see `resolve_reader`); kept for the record of how files are read.
 
     Returns:
         `path`, `length`, `modificationTime` and, only read when selected, `content`.

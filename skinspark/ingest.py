@@ -570,7 +570,7 @@ def ingest(
     image_paths = [storage.qualify(spark, path) for path in image_paths]
     try:
         reader = images.resolve_reader(config.reader, image_paths)
-        frame = images.list_images(spark, image_paths, reader)
+        frame = images.list_images(spark, image_paths)
     except ValueError as error:
         raise IngestError(str(error)) from None
 

@@ -908,9 +908,7 @@ def score(
             paths = [storage.qualify(spark, path) for path in images]
             try:
                 reader = resolve_reader(config.reader, paths)
-                source: _Source = _ImageFiles(
-                    list_images(spark, paths, reader), config.max_image_bytes, reader
-                )
+                source: _Source = _ImageFiles(list_images(spark, paths), config.max_image_bytes, reader)
             except ValueError as error:  # ImagePathError included
                 raise ScoreError(str(error)) from None
             inputs = {"images": paths}

@@ -229,6 +229,32 @@ def _local_model_dir(location: str) -> str:
     return SparkFiles.get(location[len(_SPARKFILES) :]) if location.startswith(_SPARKFILES) else location
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerModel:
+    """What a Python worker needs to load a model directory once and feed it the right pixels."""
+
+    location: str  # the model directory, or a shipped archive (`sparkfiles:<name>.zip`)
+    identifier: str  # model_id: a changed model under the same path is another cache entry
+    threads: int  # TensorFlow's pools in each worker: the task's cores
+    height: int
+    width: int
+    decoder: str
+
+    @classmethod
+    def ship(cls, spark: SparkSession, model_dir: str, identifier: str, spec: dict) -> WorkerModel:
+        """Make the model reachable from every executor (`_model_location`) and describe it."""
+        location = _model_location(spark, model_dir, identifier)
+        return cls(location, identifier, task_cpus(spark), spec["height"], spec["width"], spec["decoder"])
+
+    def local_dir(self) -> str:
+        """The model directory on this worker's machine."""
+        return _local_model_dir(self.location)
+
+    def loader(self) -> Callable[[], object]:
+        """Returns the model, loaded on this process's first call (`skinspark.model_cache`)."""
+        return functools.partial(model_cache.get_model, self.local_dir(), self.identifier, self.threads)
+
+
 # --------------------------------------------------------------------------------------------------
 # Predicting one batch (plain pandas: testable without Spark)
 
@@ -365,18 +391,11 @@ def predict_udf(model_dir: str, batch_size: int = 256, spark: SparkSession | Non
     model_dir = _local_dir(model_dir)
     identifier = model_id(model_dir)
     spec = read_model_spec(model_dir)
-    arguments = {
-        "location": _model_location(spark, model_dir, identifier),
-        "identifier": identifier,
-        "threads": task_cpus(spark),
-        "height": spec["height"],
-        "width": spec["width"],
-        "decoder": spec["decoder"],
-        "batch_size": max(1, int(batch_size)),
-    }
+    model = WorkerModel.ship(spark, model_dir, identifier, spec)
+    batch_size = max(1, int(batch_size))
 
     def skinspark_predict(values: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        yield from predict_series(values, **arguments)
+        yield from predict_series(values, model, batch_size)
 
     return F.pandas_udf(skinspark_predict, PREDICTION_STRUCT)
 
@@ -393,25 +412,22 @@ def register_predict_udf(spark: SparkSession, model_dir: str, name: str = UDF_NA
 
 
 def predict_series(
-    values: Iterator[pd.Series],
-    *,
-    location: str,
-    identifier: str,
-    threads: int,
-    height: int,
-    width: int,
-    decoder: str,
-    batch_size: int,
+    values: Iterator[pd.Series], model: WorkerModel, batch_size: int
 ) -> Iterator[pd.DataFrame]:
     """The UDF's body: paths are read here, bytes taken as they are, `batch_size` rows at a time."""
-    model_dir = _local_model_dir(location)
-    load = functools.partial(model_cache.get_model, model_dir, identifier, threads)
+    load = model.loader()
     for series in values:
         parts = []
         for start in range(0, len(series), batch_size):
             contents = _udf_contents(series.iloc[start : start + batch_size])
             frame = predict_frame(
-                pd.DataFrame({CONTENT: contents}), load, height, width, decoder, CONTENT, passthrough=()
+                pd.DataFrame({CONTENT: contents}),
+                load,
+                model.height,
+                model.width,
+                model.decoder,
+                CONTENT,
+                passthrough=(),
             )
             labels = frame[PREDICTED_LABEL]
             frame[PREDICTED_DX] = [None if pd.isna(label) else schema.LABELS[int(label)] for label in labels]
@@ -453,12 +469,7 @@ class _WorkerStats(AccumulatorParam):
 def _score_partition(
     batches: Iterator[pd.DataFrame],
     *,
-    location: str,
-    identifier: str,
-    threads: int,
-    height: int,
-    width: int,
-    decoder: str,
+    model: WorkerModel,
     data_column: str,
     raw_pixels: bool,
     passthrough: Sequence[str],
@@ -471,15 +482,23 @@ def _score_partition(
     With `reader` set, each batch holds files by `path`: their bytes are read here ("python") or
     come in Spark's `content` column ("spark").
     """
-    model_dir = _local_model_dir(location)
-    load = functools.partial(model_cache.get_model, model_dir, identifier, threads)
+    load = model.loader()
     for batch in batches:
         if reader is not None:
             batch = batch.assign(**{data_column: list(batch_contents(batch, reader))})
         yield predict_frame(
-            batch, load, height, width, decoder, data_column, raw_pixels, passthrough, max_batch
+            batch,
+            load,
+            model.height,
+            model.width,
+            model.decoder,
+            data_column,
+            raw_pixels,
+            passthrough,
+            max_batch,
         )
-    stats.add({f"{socket.gethostname()}:{os.getpid()}": (1, model_cache.load_count(model_dir, identifier))})
+    loads = model_cache.load_count(model.local_dir(), model.identifier)
+    stats.add({f"{socket.gethostname()}:{os.getpid()}": (1, loads)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1012,12 +1031,7 @@ def _score_chunks(
     """Score and commit each chunk in turn as `chunk=<first + index>`; returns the worker statistics."""
     stats = spark.sparkContext.accumulator({}, _WorkerStats())
     udf_args = {
-        "location": _model_location(spark, model_dir, identifier),
-        "identifier": identifier,
-        "threads": task_cpus(spark),  # TensorFlow's pools in each worker: the task's cores
-        "height": spec["height"],
-        "width": spec["width"],
-        "decoder": spec["decoder"],
+        "model": WorkerModel.ship(spark, model_dir, identifier, spec),
         "stats": stats,
         "max_batch": batch_size,
     }

@@ -661,7 +661,12 @@ def write_table(
     failed = {path: (reason, message) for path, reason, message in failures.value}
     if seen.value != len(plan):
         # Spark's scan skips a file that vanished after the listing: find what is in neither list.
-        written = set(spark.read.parquet(target).select(schema.SOURCE_PATH).toPandas()[schema.SOURCE_PATH])
+        # By its part files: the staging directory's name starts with '.', which Spark warns about.
+        try:
+            table = spark.read.parquet(f"{target}/{schema.SPLIT}=*/part-*")
+            written = set(table.select(schema.SOURCE_PATH).toPandas()[schema.SOURCE_PATH])
+        except AnalysisException:  # no part file at all: every planned file is gone
+            written = set()
         for path in set(plan[schema.SOURCE_PATH]) - written - set(failed):
             failed[path] = (schema.REASON_UNREADABLE, _GONE)
     return failed

@@ -1046,7 +1046,8 @@ def _score_chunks(
 
         def complete(staging: str, chunk: Chunk = chunk, done: DataFrame | None = done) -> None:
             # Spark's scan skips a file that vanished after the listing: give it its row here.
-            written = spark.read.parquet(staging)
+            # By its part files: Spark warns about (but reads) a directory whose name starts with '.'.
+            written = spark.read.parquet(f"{staging}/part-*")
             if isinstance(source, _ImageFiles) and written.count() < chunk.files:
                 paths = written.select(PATH) if done is None else written.select(PATH).unionByName(done)
                 missing = source.missing(chunk, paths)

@@ -1,7 +1,8 @@
 """Finding image files with Spark and handing their bytes to the Python workers that decode them.
 
 Spark lists and plans: its `binaryFile` source walks directories and globs on any Hadoop file system,
-and its scan, selecting only `path`, `length` and `modificationTime`, never opens a file. The bytes go
+and its scan, selecting only `path`, `length` and `modificationTime`, never reads a file's bytes (it
+only looks up each file's status). The bytes go
 from storage straight into the Python worker that decodes them (`reader="python"`): plain file I/O for
 local and mounted paths, `pyarrow.fs` for `hdfs:`, `s3:`/`s3a:` and `gs:`. The JVM reading each file and
 shipping its bytes over Arrow (`binaryFile`'s `content` column, `reader="spark"`) costs about as much

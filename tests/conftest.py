@@ -34,7 +34,7 @@ def spark(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_artifacts() -> set[str]:
-    """What a finished training run leaves in MODEL_DIR (README: "What `MODEL_DIR` holds")."""
+    """What a finished training run leaves in MODEL_DIR (docs/jobs.md: "What `MODEL_DIR` holds")."""
     return {
         "model.keras",
         "labels.json",

@@ -31,7 +31,7 @@ from skinspark.preprocess import ImageError
 IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
 IMAGE_KINDS = ".jpg/.jpeg/.png"
 READERS = ("auto", "python", "spark")
-PATH, LENGTH, MODIFIED, CONTENT = "path", "length", "modificationTime", "content"
+PATH, LENGTH, CONTENT = "path", "length", "content"
 # Schemes a Python worker opens itself; anything else is read by Spark (`reader="auto"`).
 LOCAL_SCHEMES = ("", "file")
 ARROW_SCHEMES = {"hdfs": "hdfs", "viewfs": "hdfs", "s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gs"}
@@ -191,6 +191,11 @@ def read_files(paths: Sequence[str]) -> list[bytes | ImageError]:
             detail = f"{type(error).__name__}: {error}"
             contents.append(ImageError(schema.REASON_UNREADABLE, f"cannot read the file: {detail}"))
     return contents
+
+
+def read_columns(reader: str) -> list[str]:
+    """The listing columns a reader's workers need: `path`, plus Spark's `content` for "spark"."""
+    return [PATH, CONTENT] if reader == "spark" else [PATH]
 
 
 def batch_contents(batch, reader: str) -> Sequence[bytes | ImageError]:

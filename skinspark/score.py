@@ -58,6 +58,7 @@ from skinspark.images import (
     batch_contents,
     image_id_column,
     list_images,
+    read_columns,
     read_files,
     resolve_reader,
     scan_settings,
@@ -509,9 +510,18 @@ class _Source:
     """One kind of input: its narrow listing (`path`, `_key`) and the scored rows of one chunk."""
 
     labelled = False
+    reader: str | None = None  # who reads each file's bytes; None for stored pixels
 
     def listing(self) -> DataFrame:
         raise NotImplementedError
+
+    def find_empty_files(self, scanned: int) -> int:
+        """Add rows Spark's scan skips (zero-byte files) to `listing`; returns how many."""
+        return 0
+
+    def complete_chunk(self, staging: str, chunk: Chunk, done: DataFrame | None) -> DataFrame | None:
+        """Rows the chunk written to `staging` is missing (files gone since the listing), or None."""
+        return None
 
     def chunk(self, chunk: Chunk, done: DataFrame | None, udf_args: dict) -> DataFrame:
         """Rows of the files in `chunk`'s key range, minus `done` paths when given, scored."""
@@ -583,7 +593,7 @@ class _ImageFiles(_Source):
     def chunk(self, chunk, done, udf_args):
         selection = self.frame.where(self.key.between(chunk.low, chunk.high))
         # binaryFile pushes the length filter down: oversized files are listed but never opened.
-        columns = [PATH, CONTENT] if self.reader == "spark" else [PATH]
+        columns = read_columns(self.reader)
         readable = selection.where(F.col("length") <= self.max_image_bytes).select(*columns)
         too_large = selection.where(F.col("length") > self.max_image_bytes).select(PATH, "length")
         empty = None
@@ -613,11 +623,16 @@ class _ImageFiles(_Source):
             rows = rows.unionByName(_error_rows(empty, schema.REASON_EMPTY, message))
         return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
 
-    def missing(self, chunk: Chunk, written: DataFrame) -> DataFrame:
-        """Error rows for the files of `chunk` that are not in `written`: Spark's scan skips a file
-        that vanished after the listing instead of failing the task."""
+    def complete_chunk(self, staging, chunk, done):
+        """Error rows for the files of `chunk` that are neither in `staging` nor `done`: Spark's scan
+        skips a file that vanished after the listing instead of failing the task."""
+        # By its part files: Spark warns about (but reads) a directory whose name starts with '.'.
+        written = self.frame.sparkSession.read.parquet(f"{staging}/part-*").select(PATH)
+        if written.count() >= chunk.files:
+            return None
+        written = written if done is None else written.unionByName(done)
         listed = self._index().where(F.col(_KEY).between(chunk.low, chunk.high)).select(PATH)
-        gone = listed.join(written.select(PATH), PATH, "left_anti")
+        gone = listed.join(written, PATH, "left_anti")
         message = F.lit("cannot read the file: listed, but gone or unreadable when it was read")
         rows = _error_rows(gone, schema.REASON_UNREADABLE, message)
         return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
@@ -923,19 +938,7 @@ def score(
     spec = read_model_spec(model_dir)
     output = storage.qualify(spark, output).rstrip("/")
     with query_settings(spark, _settings(spark, config)):
-        if images is not None:
-            paths = [storage.qualify(spark, path) for path in images]
-            try:
-                reader = resolve_reader(config.reader, paths)
-                source: _Source = _ImageFiles(list_images(spark, paths), config.max_image_bytes, reader)
-            except ValueError as error:  # ImagePathError included
-                raise ScoreError(str(error)) from None
-            inputs = {"images": paths}
-        else:
-            frame = read_table(spark, table)
-            _check_table_size(frame, spec)
-            source = _Table(frame)
-            inputs = {"table": storage.qualify(spark, table)}
+        source, inputs = _open_source(spark, config, spec, images, table)
         kind = "table" if source.labelled else "images"
         try:
             kept = _check_output(spark, output, config.mode, identifier, kind)
@@ -943,35 +946,15 @@ def score(
                 _remove_leftovers(spark, output)
             done = spark.read.parquet(output).select(PATH) if kept else None
             seen, already, chunks = plan_chunks(source.listing(), done, config.chunk_files)
-            if isinstance(source, _ImageFiles) and source.find_empty_files(seen):
+            if source.find_empty_files(seen):
                 seen, already, chunks = plan_chunks(source.listing(), done, config.chunk_files)
             if seen == 0:
                 raise ScoreError(f"no {IMAGE_KINDS} images found in {', '.join(map(str, inputs.values()))}")
             if config.mode == "overwrite" and storage.exists(spark, output):
                 storage.delete(spark, output)  # only now: a failed listing leaves the old output alone
-            manifest = {
-                "job": "score",
-                "status": "running",
-                "input_kind": kind,
-                "inputs": inputs,
-                "reader": getattr(source, "reader", None),  # None for a table: its pixels are stored
-                "output": output,
-                "model": {"dir": model_dir, "model_id": identifier, "preprocessing": spec},
-                "columns": output_columns(source.labelled),
-                "error_columns": {
-                    ERROR_REASON: "a reason code, or null",
-                    ERROR: "'reason: message', or null",
-                },
-                "config": dataclasses.asdict(config),
-                "versions": package_versions(),
-                "run": {
-                    "started_at": started_at,
-                    "mode": config.mode,
-                    "files_seen": seen,
-                    "already_scored": already,
-                    "chunks_planned": len(chunks),
-                },
-            }
+            manifest = _start_manifest(
+                source, inputs, output, model_dir, identifier, spec, config, started_at, seen, already, chunks
+            )
             storage.write_text(
                 spark, f"{output}/{MANIFEST_FILE}", json.dumps(manifest, indent=2, default=str)
             )
@@ -1004,16 +987,81 @@ def score(
         )
         manifest.update(_count_output(spark, output, first))
         if source.labelled:
-            metrics = _labelled_metrics(spark, output)
-            if metrics:
-                storage.write_text(spark, f"{output}/{METRICS_FILE}", json.dumps(metrics, indent=2))
-                headline = ("images", "accuracy", "balanced_accuracy", "macro_f1")
-                manifest["metrics"] = {
-                    split: {key: m[key] for key in headline} for split, m in metrics.items()
-                }
+            manifest.update(_write_metrics(spark, output))
         manifest.update(_verdict(manifest, config))
         storage.write_text(spark, f"{output}/{MANIFEST_FILE}", json.dumps(manifest, indent=2, default=str))
         return ScoreResult(output, manifest)
+
+
+def _open_source(
+    spark: SparkSession, config: ScoreConfig, spec: dict, images: Sequence[str] | None, table: str | None
+) -> tuple[_Source, dict]:
+    """The job's input, image files or an ingested table, and its record for the manifest.
+
+    Raises:
+        ScoreError: a missing path or table, a bad reader, or a table of another image size.
+    """
+    if images is not None:
+        paths = [storage.qualify(spark, path) for path in images]
+        try:
+            reader = resolve_reader(config.reader, paths)
+            source: _Source = _ImageFiles(list_images(spark, paths), config.max_image_bytes, reader)
+        except ValueError as error:  # ImagePathError included
+            raise ScoreError(str(error)) from None
+        inputs = {"images": paths}
+    else:
+        frame = read_table(spark, table)
+        _check_table_size(frame, spec)
+        source = _Table(frame)
+        inputs = {"table": storage.qualify(spark, table)}
+    return source, inputs
+
+
+def _start_manifest(
+    source: _Source,
+    inputs: dict,
+    output: str,
+    model_dir: str,
+    identifier: str,
+    spec: dict,
+    config: ScoreConfig,
+    started_at: str,
+    seen: int,
+    already: int,
+    chunks: Sequence[Chunk],
+) -> dict:
+    """The manifest written before the first chunk (status "running")."""
+    kind = "table" if source.labelled else "images"
+    return {
+        "job": "score",
+        "status": "running",
+        "input_kind": kind,
+        "inputs": inputs,
+        "reader": source.reader,  # None for a table: its pixels are stored
+        "output": output,
+        "model": {"dir": model_dir, "model_id": identifier, "preprocessing": spec},
+        "columns": output_columns(source.labelled),
+        "error_columns": {ERROR_REASON: "a reason code, or null", ERROR: "'reason: message', or null"},
+        "config": dataclasses.asdict(config),
+        "versions": package_versions(),
+        "run": {
+            "started_at": started_at,
+            "mode": config.mode,
+            "files_seen": seen,
+            "already_scored": already,
+            "chunks_planned": len(chunks),
+        },
+    }
+
+
+def _write_metrics(spark: SparkSession, output: str) -> dict:
+    """Write `_metrics.json` of a labelled output; returns the manifest's headline figures."""
+    metrics = _labelled_metrics(spark, output)
+    if not metrics:
+        return {}
+    storage.write_text(spark, f"{output}/{METRICS_FILE}", json.dumps(metrics, indent=2))
+    headline = ("images", "accuracy", "balanced_accuracy", "macro_f1")
+    return {"metrics": {split: {key: m[key] for key in headline} for split, m in metrics.items()}}
 
 
 def _score_chunks(
@@ -1045,18 +1093,13 @@ def _score_chunks(
         frame = _final_columns(source.chunk(chunk, done, udf_args), identifier, source.labelled)
 
         def complete(staging: str, chunk: Chunk = chunk, done: DataFrame | None = done) -> None:
-            # Spark's scan skips a file that vanished after the listing: give it its row here.
-            # By its part files: Spark warns about (but reads) a directory whose name starts with '.'.
-            written = spark.read.parquet(f"{staging}/part-*")
-            if isinstance(source, _ImageFiles) and written.count() < chunk.files:
-                paths = written.select(PATH) if done is None else written.select(PATH).unionByName(done)
-                missing = source.missing(chunk, paths)
-                _final_columns(missing, identifier, False).write.mode("append").parquet(staging)
+            missing = source.complete_chunk(staging, chunk, done)
+            if missing is not None:
+                _final_columns(missing, identifier, source.labelled).write.mode("append").parquet(staging)
 
         # One file per chunk: a small shuffle of prediction rows (not images) after the parallel scoring.
         sorted_frame = frame.repartition(1).sortWithinPartitions(PATH)
-        needs_check = isinstance(source, _ImageFiles)
-        _commit_chunk(spark, sorted_frame, output, first + index, complete if needs_check else None)
+        _commit_chunk(spark, sorted_frame, output, first + index, complete)
         progress(index, chunk)
     return _worker_summary(stats.value)
 

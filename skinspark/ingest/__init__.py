@@ -1,0 +1,169 @@
+"""Ingest: HAM10000 JPEGs + metadata CSV -> resized image tensors in Parquet, split by lesion.
+
+The flow: plan from what is known before any image is read, then one pass that reads, decodes and
+writes (the driver sees about 200 bytes per file and no image bytes):
+
+1. `read_metadata` + `validate_metadata`: the CSV with an explicit all-string schema, read as raw text
+   and decoded field by field in the given encoding, checked row by row (bad rows get a reason
+   instead of becoming silent nulls or replacement characters).
+2. `list_files`: Spark's listing (`skinspark.images.list_images`): path, size, image id; files over
+   the size cap and zero-byte files get their reason here and are never read.
+3. `settle_repeated_ids`: only files whose image id occurs more than once are read first, hashed and
+   test-decoded, to tell an identical copy from a conflicting file.
+4. `resolve_fates` + `split_plan`: every file and every CSV row gets exactly one fate, ingested or a
+   quarantine reason; whole lesions are assigned to splits per class.
+5. `write_table`: one Spark job reads each planned file in the Python worker (`reader: python`) or
+   takes Spark's `content` column (`reader: spark`), decodes it with
+   `skinspark.preprocess.decode_image` and writes the table partitioned by split into a staging
+   directory; files that fail become quarantine rows (`apply_failures`). Then `_quarantine/`,
+   `_manifest.json` and `_config.yaml` are written and the directory is moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+from pyspark.sql import SparkSession
+
+from skinspark import images, schema, storage
+from skinspark.config import IngestConfig
+from skinspark.ingest.fates import (
+    SPLIT_UNITS,
+    apply_failures,
+    ingested_pairs,
+    list_files,
+    quarantine_table,
+    resolve_fates,
+    settle_repeated_ids,
+    split_plan,
+)
+from skinspark.ingest.metadata import (
+    CORRUPT_COLUMN,
+    ROW_NUMBER,
+    check_encoding,
+    read_metadata,
+    validate_metadata,
+)
+from skinspark.ingest.report import (
+    IngestError,
+    IngestResult,
+    bad_fraction,
+    count,
+    judge,
+    manifest_for,
+    summary,
+)
+from skinspark.ingest.table import write_table
+from skinspark.split import check_fractions
+
+__all__ = [
+    "CORRUPT_COLUMN",
+    "ROW_NUMBER",
+    "IngestError",
+    "IngestResult",
+    "apply_failures",
+    "check_encoding",
+    "ingest",
+    "list_files",
+    "quarantine_table",
+    "read_metadata",
+    "resolve_fates",
+    "settle_repeated_ids",
+    "split_plan",
+    "summary",
+    "validate_metadata",
+    "write_table",
+]
+
+
+def ingest(
+    spark: SparkSession,
+    image_paths: Sequence[str],
+    metadata_path: str,
+    output: str,
+    config: IngestConfig,
+    config_text: str = "",
+) -> IngestResult:
+    """Run the ingest job: plan from the listing and the CSV, then read, decode and write in one pass.
+
+    Everything but the pixels is known before any image is read: Spark's listing gives each file's
+    image id and size, the CSV gives lesions and classes, and so each file's fate and each lesion's
+    split. Only files whose image id occurs more than once are read first (hashed, to tell a copy from
+    a conflict). Then one Spark job reads each planned file in the Python worker (or takes Spark's
+    `content` column, `reader: spark`), decodes it and writes the table; a file that fails to read or
+    decode becomes a quarantine row and its CSV row `image_rejected`. The driver sees about 200
+    bytes per file (a million files is ~200 MB) and no image bytes.
+
+    Args:
+        spark: the session.
+        image_paths: directories (searched recursively) or globs, any Hadoop URI or local path.
+        metadata_path: the HAM10000 metadata CSV.
+        output: the output directory; replaced when it exists, and only once the new one is complete.
+        config: sizes, seed, split fractions, thresholds, reader and partitioning.
+        config_text: the resolved config as YAML, written beside the output as `_config.yaml`.
+
+    Returns:
+        IngestResult with the manifest. When bad input exceeds `config.max_bad_fraction` the table
+        is not published: the quarantine and manifest go to `<output>_rejected` and the result's
+        status is "failed".
+
+    Raises:
+        IngestError: missing/empty/malformed CSV, unknown encoding, a missing image path, no images
+            found, or a bad setting.
+    """
+    started = time.perf_counter()
+    fractions = check_fractions(config.split)
+    if config.split_by not in SPLIT_UNITS:
+        raise IngestError(f"split_by must be one of {sorted(SPLIT_UNITS)}, got {config.split_by!r}")
+    output = storage.qualify(spark, output)
+    metadata_path = storage.qualify(spark, metadata_path)
+    image_paths = [storage.qualify(spark, path) for path in image_paths]
+    try:
+        reader = images.resolve_reader(config.reader, image_paths)
+        frame = images.list_images(spark, image_paths)
+    except ValueError as error:
+        raise IngestError(str(error)) from None
+
+    raw_rows = read_metadata(spark, metadata_path, config.metadata_encoding).toPandas()
+    rows = validate_metadata(raw_rows, config.metadata_encoding)
+    files = list_files(spark, frame, config)
+    if files.empty:
+        raise IngestError(f"no {images.IMAGE_KINDS} images found under {', '.join(image_paths)}")
+    files = settle_repeated_ids(spark, frame, files, config, reader)
+    files, rows = resolve_fates(files, rows)
+    plan = split_plan(ingested_pairs(files, rows), fractions, config.seed, config.split_by)
+
+    staging = storage.staging_path(output)
+    try:
+        failures = write_table(spark, frame, plan, config, reader, staging) if len(plan) else {}
+        files, rows, plan = apply_failures(files, rows, plan, failures)
+        counts = count(files, rows, plan, rows_read=len(raw_rows))
+        manifest = manifest_for(config, reader, image_paths, metadata_path, counts)
+        bad = bad_fraction(counts)
+        manifest["bad_fraction"] = round(bad, 6)
+        quarantine = quarantine_table(files, rows)
+        target = judge(manifest, bad, config.max_bad_fraction, output)
+        if target != output:  # too much bad input: the table is dropped, the quarantine published
+            storage.delete(spark, staging)
+            staging = storage.staging_path(target)
+        _finish(spark, staging, quarantine, manifest, config_text, target, started)
+        return IngestResult(target, manifest)
+    except BaseException:
+        storage.delete(spark, staging)
+        raise
+
+
+def _finish(spark, staging, quarantine, manifest, config_text, output, started) -> None:
+    """Write the quarantine, manifest and config into `staging` (which may already hold the table) and
+    move it into place at `output`."""
+    spark.createDataFrame(quarantine, schema.QUARANTINE_SCHEMA).coalesce(1).write.parquet(
+        f"{staging}/_quarantine"
+    )
+    seconds = time.perf_counter() - started
+    manifest["seconds"] = round(seconds, 3)
+    manifest["images_per_second"] = round(manifest["counts"]["files"]["seen"] / seconds, 1)
+    storage.write_text(spark, f"{staging}/_manifest.json", json.dumps(manifest, indent=2, default=str))
+    storage.write_text(spark, f"{staging}/_config.yaml", config_text)
+    storage.publish(spark, staging, output)

@@ -1,0 +1,135 @@
+"""What the ingest job counts and reports: its error, result, counts, manifest and summary."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from skinspark import schema
+from skinspark.config import IngestConfig
+from skinspark.versions import package_versions
+
+
+class IngestError(RuntimeError):
+    """A problem that stops the whole job (missing CSV, no images, too much bad input).
+
+    The message is one line meant for the person running the job.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    """What `ingest` wrote and counted."""
+
+    output: str
+    manifest: dict
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest["status"] == "complete"
+
+
+def count(files: pd.DataFrame, rows: pd.DataFrame, plan: pd.DataFrame, rows_read: int) -> dict:
+    file_reasons = files["reason"].value_counts().to_dict()
+    row_reasons = rows["reason"].value_counts().to_dict()
+    files_ingested = int(files["reason"].isna().sum())
+    rows_ingested = int(rows["reason"].isna().sum())
+    by_class = plan.groupby([schema.SPLIT, schema.DX]).size()
+    lesions = plan.groupby(schema.SPLIT)[schema.LESION_ID].nunique()
+    splits = {}
+    for split in schema.SPLITS:
+        classes = {label: int(by_class.get((split, label), 0)) for label in schema.LABELS}
+        splits[split] = {
+            "images": sum(classes.values()),
+            "lesions": int(lesions.get(split, 0)),
+            "by_class": classes,
+        }
+    counts = {
+        "files": {
+            "seen": len(files),
+            "ingested": files_ingested,
+            "quarantined": int(sum(file_reasons.values())),
+            "by_reason": {k: int(v) for k, v in sorted(file_reasons.items())},
+        },
+        "rows": {
+            "read": rows_read,
+            "ingested": rows_ingested,
+            "quarantined": int(sum(row_reasons.values())),
+            "by_reason": {k: int(v) for k, v in sorted(row_reasons.items())},
+        },
+        "splits": splits,
+    }
+    # Nothing may disappear: every file and every CSV row is ingested or quarantined, exactly once,
+    # and every ingested row is paired with exactly one ingested file.
+    if counts["files"]["seen"] != files_ingested + counts["files"]["quarantined"]:
+        raise IngestError(f"file accounting mismatch: {counts['files']}")
+    if rows_read != len(rows) or rows_read != rows_ingested + counts["rows"]["quarantined"]:
+        raise IngestError(f"CSV accounting mismatch: {rows_read} rows read, {counts['rows']}")
+    if not rows_ingested == files_ingested == len(plan) == sum(split["images"] for split in splits.values()):
+        raise IngestError(f"pairing mismatch: {rows_ingested} rows vs {files_ingested} files ingested")
+    return counts
+
+
+def bad_fraction(counts: dict) -> float:
+    def bad(section):
+        return sum(n for reason, n in section["by_reason"].items() if reason not in schema.BENIGN_REASONS)
+
+    files, rows = counts["files"], counts["rows"]
+    return max(bad(files) / max(files["seen"], 1), bad(rows) / max(rows["read"], 1))
+
+
+def manifest_for(config: IngestConfig, reader: str, image_paths, metadata_path: str, counts: dict) -> dict:
+    return {
+        "job": "ingest",
+        "status": "running",
+        "reader": reader,
+        "inputs": {"images": list(image_paths), "metadata": metadata_path},
+        "image_shape": [config.height, config.width, 3],
+        "columns": [*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT],
+        "counts": counts,
+        "quarantine": {
+            **{f"file:{k}": v for k, v in counts["files"]["by_reason"].items()},
+            **{f"row:{k}": v for k, v in counts["rows"]["by_reason"].items()},
+        },
+        "config": dataclasses.asdict(config),
+        "versions": package_versions(),
+    }
+
+
+def judge(manifest: dict, bad: float, limit: float, output: str) -> str:
+    """Set the manifest's status; returns where it goes: `output`, or `<output>_rejected` when the
+    share of bad input is over `limit`."""
+    if bad <= limit:
+        manifest["status"] = "complete"
+        return output
+    target = output + "_rejected"
+    manifest["status"] = "failed"
+    manifest["error"] = (
+        f"{bad:.1%} of the input is bad, over --max-bad-fraction {limit:.1%}; "
+        f"the table was not written, see {target}/_quarantine"
+    )
+    return target
+
+
+def summary(manifest: dict) -> str:
+    """A one-screen, human-readable summary of an ingest manifest."""
+    counts = manifest["counts"]
+    lines = [
+        f"ingest {manifest['status']}: {counts['files']['seen']} files, {counts['rows']['read']} CSV rows "
+        f"in {manifest.get('seconds', 0):.1f} s ({manifest.get('images_per_second', 0):.0f} images/s)",
+        f"  ingested {counts['files']['ingested']} images; "
+        f"quarantined {counts['files']['quarantined']} files and {counts['rows']['quarantined']} rows "
+        f"(bad fraction {manifest.get('bad_fraction', 0):.2%})",
+    ]
+    header = "  split   images lesions  " + " ".join(f"{label:>6}" for label in schema.LABELS)
+    lines.append(header)
+    for split in schema.SPLITS:
+        entry = counts["splits"][split]
+        by_class = " ".join(f"{entry['by_class'][label]:>6}" for label in schema.LABELS)
+        lines.append(f"  {split:<6} {entry['images']:>7} {entry['lesions']:>7}  {by_class}")
+    for key, value in manifest["quarantine"].items():
+        lines.append(f"  quarantine {key}: {value}")
+    if manifest.get("error"):
+        lines.append(f"  ERROR: {manifest['error']}")
+    return "\n".join(lines)

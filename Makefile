@@ -60,7 +60,7 @@ $(STAMP): $(STACK_STAMP) pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(PY) -m skinspark.demo --output $(DEMO_DIR)
+	$(PY) -m skinspark.tools.demo --output $(DEMO_DIR)
 
 # `make test`: ruff, then every test but those marked `cluster`, which start multi-process Spark masters
 # (local-cluster, a standalone master and workers) and kill executors: `make test-cluster` runs those
@@ -93,7 +93,7 @@ pack: setup
 # Spark's own standalone master and two workers on 127.0.0.1, then ingest, train and score on them.
 # `make cluster-demo CLUSTER_ARGS=--env-archive=dist/skinspark-env.tar.gz` ships the packed environment.
 cluster-demo: setup
-	$(PY) -m skinspark.cluster demo --workers 2 --output $(CLUSTER_DIR) $(CLUSTER_ARGS)
+	$(PY) -m skinspark.tools.cluster demo --workers 2 --output $(CLUSTER_DIR) $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) $(CLUSTER_DIR) .pytest_cache build dist *.egg-info

@@ -20,10 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-from skinspark import benchmark
 from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, parse_overrides
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config
-from skinspark.synthetic import generate
+from skinspark.tools import benchmark
+from skinspark.tools.synthetic import generate
 from skinspark.versions import package_versions
 
 SECTIONS = ("ingest", "train", "score", "learning")

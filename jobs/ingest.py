@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, resolve_config
+from skinspark.cli import add_common_arguments, finish, flag_values, run_job
 from skinspark.config import IngestConfig
 from skinspark.ingest import IngestError, ingest, summary
 
@@ -50,30 +50,14 @@ def args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = {
-        "height": args.height,
-        "width": args.width,
-        "seed": args.seed,
-        "split": args.split,
-        "max_bad_fraction": args.max_bad_fraction,
-        "decoder": args.decoder,
-        "reader": args.reader,
-        "metadata_encoding": args.metadata_encoding,
-    }
-    try:
-        loaded = resolve_config(args, IngestConfig, "ingest", flags)
-    except ConfigError as error:
-        return fail("ingest", str(error))
-    with job_session("skinspark-ingest", args.master, loaded.spark) as spark:
-        try:
-            result = ingest(spark, args.images, args.metadata, args.output, loaded.job, loaded.to_yaml())
-        except (IngestError, ValueError) as error:
-            return fail("ingest", str(error))
-    print(summary(result.manifest))
-    if not result.ok:
-        return fail("ingest", result.manifest["error"], code=1)
-    print(f"table: {result.output}")
-    return 0
+    flags = flag_values(args, ("height", "width", "seed", "split", "max_bad_fraction", "decoder", "reader"))
+    flags["metadata_encoding"] = args.metadata_encoding
+
+    def work(spark, loaded) -> int:
+        result = ingest(spark, args.images, args.metadata, args.output, loaded.job, loaded.to_yaml())
+        return finish("ingest", result, summary(result.manifest), "table")
+
+    return run_job(args, "ingest", IngestConfig, flags, work, (IngestError, ValueError))
 
 
 if __name__ == "__main__":

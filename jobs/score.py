@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, resolve_config
+from skinspark.cli import add_common_arguments, finish, flag_values, run_job
 from skinspark.config import ScoreConfig
 from skinspark.score import ScoreError, score, summary
 
@@ -55,30 +55,22 @@ def args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = {"mode": args.mode, "batch_size": args.batch_size, "reader": args.reader}
-    try:
-        loaded = resolve_config(args, ScoreConfig, "score", flags)
-    except ConfigError as error:
-        return fail("score", str(error))
-    with job_session("skinspark-score", args.master, loaded.spark) as spark:
-        try:
-            result = score(
-                spark,
-                args.model,
-                args.output,
-                loaded.job,
-                images=args.images,
-                table=args.table,
-                config_text=loaded.to_yaml(),
-                progress=print,
-            )
-        except (ScoreError, ValueError) as error:
-            return fail("score", str(error))
-    print(summary(result.manifest))
-    if not result.ok:
-        return fail("score", result.manifest["error"], code=1)
-    print(f"predictions: {result.output}")
-    return 0
+    flags = flag_values(args, ("mode", "batch_size", "reader"))
+
+    def work(spark, loaded) -> int:
+        result = score(
+            spark,
+            args.model,
+            args.output,
+            loaded.job,
+            images=args.images,
+            table=args.table,
+            config_text=loaded.to_yaml(),
+            progress=print,
+        )
+        return finish("score", result, summary(result.manifest), "predictions")
+
+    return run_job(args, "score", ScoreConfig, flags, work, (ScoreError, ValueError))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, resolve_config
+from skinspark.cli import add_common_arguments, flag_values, run_job
 from skinspark.config import TrainConfig
 from skinspark.train import TrainError, TrainInputError, summary, train
 
@@ -57,29 +57,15 @@ def args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = {
-        "num_proc": args.num_proc,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "model": args.model,
-        "class_weight": args.class_weight,
-        "augment": args.augment,
-        "seed": args.seed,
-    }
-    try:
-        loaded = resolve_config(args, TrainConfig, "train", flags)
-    except ConfigError as error:
-        return fail("train", str(error))
-    with job_session("skinspark-train", args.master, loaded.spark) as spark:
-        try:
-            result = train(spark, args.data, args.output, loaded.job, loaded.to_yaml(), resume=args.resume)
-        except (TrainInputError, ValueError) as error:
-            return fail("train", str(error))
-        except TrainError as error:
-            return fail("train", str(error), code=1)
-    print(summary(result))
-    return 0
+    names = ("num_proc", "epochs", "batch_size", "learning_rate", "model", "class_weight", "augment", "seed")
+    flags = flag_values(args, names)
+
+    def work(spark, loaded) -> int:
+        result = train(spark, args.data, args.output, loaded.job, loaded.to_yaml(), resume=args.resume)
+        print(summary(result))
+        return 0
+
+    return run_job(args, "train", TrainConfig, flags, work, (TrainInputError, ValueError), (TrainError,))
 
 
 if __name__ == "__main__":

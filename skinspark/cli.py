@@ -1,16 +1,18 @@
-"""What every job's entry point shares: common flags, config resolution and the session's lifetime."""
+"""What every job's entry point shares: common flags, config resolution, the session's lifetime and
+exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from skinspark.config import ConfigError, Loaded, load_config, parse_overrides
+from skinspark.manifest import JobResult
 from skinspark.session import build_session
 
 
@@ -55,10 +57,62 @@ def job_session(app_name: str, master: str | None, conf: Mapping[str, str]) -> I
             spark.stop()
 
 
+def flag_values(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """{name: args.name} for the flags that override config keys of the same name."""
+    return {name: getattr(args, name) for name in names}
+
+
+def run_job(
+    args: argparse.Namespace,
+    job: str,
+    cls: type,
+    flags: Mapping[str, Any],
+    work: Callable[[SparkSession, Loaded], int],
+    input_errors: tuple[type[BaseException], ...],
+    run_errors: tuple[type[BaseException], ...] = (),
+) -> int:
+    """What every job's `main` does around its one library call: resolve the config, build the
+    session, call `work(spark, loaded)` and stop the session; a config error or one of `input_errors`
+    exits 2 with one line, one of `run_errors` exits 1.
+
+    Returns:
+        The exit code: `work`'s own, or the error's.
+    """
+    try:
+        loaded = resolve_config(args, cls, job, flags)
+    except ConfigError as error:
+        return fail(job, str(error))
+    with job_session(f"skinspark-{job}", args.master, loaded.spark) as spark:
+        try:
+            return work(spark, loaded)
+        except input_errors as error:
+            return fail(job, str(error))
+        except run_errors as error:
+            return fail(job, str(error), code=1)
+
+
+def finish(job: str, result: JobResult, summary: str, label: str) -> int:
+    """Print a job's summary, then where its output is (exit 0), or its verdict's error (exit 1)."""
+    print(summary)
+    if not result.ok:
+        return fail(job, result.manifest["error"], code=1)
+    print(f"{label}: {result.output}")
+    return 0
+
+
 def fail(job: str, message: str, code: int = 2) -> int:
     """Print one clear line to stderr and return the exit code."""
     print(f"{job}: error: {message}", file=sys.stderr)
     return code
 
 
-__all__ = ["ConfigError", "add_common_arguments", "fail", "job_session", "resolve_config"]
+__all__ = [
+    "ConfigError",
+    "add_common_arguments",
+    "fail",
+    "finish",
+    "flag_values",
+    "job_session",
+    "resolve_config",
+    "run_job",
+]

@@ -1,10 +1,27 @@
-"""One-line messages for the person running a job, taken from exceptions that may span many lines."""
+"""The base of every job's stopping error, and one-line messages taken from exceptions that span many
+lines (Spark's carry whole JVM traces, TensorFlow's the graph node's definition)."""
 
 from __future__ import annotations
 
+# Lines that open an error's text without saying what went wrong: TensorFlow's op errors start with
+# "Graph execution error:" and a stack of the node's definition before the message proper.
+_NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "<stack traces unavailable>")
+
+
+class JobError(RuntimeError):
+    """A problem that stops a whole job; the message is one line meant for the person running it."""
+
 
 def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's text (Spark's errors carry whole JVM traces), or its
-    type's name when it has no text."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """The first line of an exception's text that says something, or its type's name when it has no
+    text."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    meaningful = [line for line in lines if not line.startswith(_NOISE)] or lines
+    return meaningful[0] if meaningful else type(error).__name__
+
+
+def typed_line(error: BaseException) -> str:
+    """`Type: first line`, for reports where the kind of error matters (a rank's failure)."""
+    text = first_line(error)
+    name = type(error).__name__
+    return name if text == name else f"{name}: {text}"

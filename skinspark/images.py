@@ -32,6 +32,7 @@ IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
 IMAGE_KINDS = ".jpg/.jpeg/.png"
 READERS = ("auto", "python", "spark")
 PATH, LENGTH, CONTENT = "path", "length", "content"
+FILE_PATH = "file_path"  # the column of `_metadata` that Spark evaluates against its file listing
 # Schemes a Python worker opens itself; anything else is read by Spark (`reader="auto"`).
 LOCAL_SCHEMES = ("", "file")
 ARROW_SCHEMES = {"hdfs": "hdfs", "viewfs": "hdfs", "s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gs"}
@@ -106,11 +107,37 @@ def zero_byte_files(frame: DataFrame, scanned: Sequence[str]) -> list[str]:
     """
     # The index's paths cross from the JVM one py4j call each (about 0.1 s per 10,000 files), so they
     # are fetched only when the index holds more files than the scan returned.
-    listed = frame._jdf.inputFiles()
+    listed = listed_files(frame)
     if len(listed) <= len(scanned):
         return []
     seen = {path_key(path) for path in scanned}
     return sorted({path_key(path) for path in listed} - seen)
+
+
+def listed_files(frame: DataFrame):
+    """Every file in the file index of `list_images`' frame, as a JVM array of URI-encoded paths
+    (`file:///a/b%20c`): the scan skips zero-byte files and files gone since the listing; the index
+    still holds them."""
+    return frame._jdf.inputFiles()
+
+
+def file_index(frame: DataFrame, listed=None) -> DataFrame:
+    """`listed_files` as rows, built in the JVM (the paths never reach Python): `file_path` in the
+    form of the scan's `_metadata.file_path` (`file:/a/b%20c`) and `path` decoded (`file:/a/b c`)."""
+    listed = listed_files(frame) if listed is None else listed
+    spark = frame.sparkSession
+    every = Column(spark._jvm.org.apache.spark.sql.functions.lit(listed))
+    # The index writes `file:///a`, the scan `file:/a`; both are URI-encoded.
+    file_path = F.regexp_replace(FILE_PATH, r"^([A-Za-z][A-Za-z0-9+.-]*):///", "$1:/")
+    decoded = F.call_function(
+        "reflect",
+        F.lit("java.net.URLDecoder"),
+        F.lit("decode"),
+        F.regexp_replace(FILE_PATH, r"\+", "%2B"),
+        F.lit("UTF-8"),
+    )
+    rows = spark.range(1).select(F.explode(every).alias(FILE_PATH)).select(file_path.alias(FILE_PATH))
+    return rows.select(FILE_PATH, decoded.alias(PATH))
 
 
 def path_key(uri: str) -> str:

@@ -45,7 +45,7 @@ def get_model(model_dir: str, model_id: str, threads: int = 1) -> Any:
     """The model of `model_dir`, loaded on this process's first call for (model_dir, model_id).
 
     Args:
-        model_dir: a local (or mounted) model directory, as `skinspark.model.load_model` takes it.
+        model_dir: a local (or mounted) model directory, as `skinspark.model_dir.load_model` takes it.
         model_id: the directory's content hash; a changed model under the same path is a new entry.
         threads: cores of the calling task; sizes TensorFlow's pools before the process's first load.
 
@@ -56,7 +56,7 @@ def get_model(model_dir: str, model_id: str, threads: int = 1) -> Any:
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from skinspark.model import load_model
+            from skinspark.model_dir import load_model
 
             if not _LOADS:
                 configure_threads(threads)

@@ -183,3 +183,34 @@ def _with_orientation(image: Image.Image, orientation: int) -> Image.Image:
 def pixels_from_bytes(raw: bytes, height: int, width: int) -> np.ndarray:
     """The inverse of storing `decode_image(...).tobytes()`: raw row-major uint8 back to an array."""
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+
+
+def stored_size(height: int, width: int) -> int:
+    """Bytes of one stored image: `height x width x 3` uint8, row-major (the table's `image` column)."""
+    return height * width * 3
+
+
+def stored_pixels(raw: bytes | None, height: int, width: int) -> np.ndarray:
+    """One stored image back to a `height x width x 3` array, checking its size first.
+
+    Raises:
+        ImageError: (REASON_TRUNCATED) the value does not hold height * width * 3 bytes.
+    """
+    size = 0 if raw is None else len(raw)
+    if size != stored_size(height, width):
+        raise ImageError(
+            schema.REASON_TRUNCATED, f"stored pixels are {size} bytes, expected {stored_size(height, width)}"
+        )
+    return pixels_from_bytes(raw, height, width)
+
+
+def stored_batch(raw: list[bytes], height: int, width: int) -> np.ndarray:
+    """Many stored images as one `(n, height, width, 3)` array.
+
+    Raises:
+        ImageError: (REASON_TRUNCATED) naming how many values do not hold height * width * 3 bytes.
+    """
+    bad = sum(1 for value in raw if value is None or len(value) != stored_size(height, width))
+    if bad:
+        raise ImageError(schema.REASON_TRUNCATED, f"{bad} image(s) do not hold {height}x{width}x3 bytes")
+    return np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(raw), height, width, 3)

@@ -1,17 +1,16 @@
 """Small file-system operations on any Hadoop URI (file:, hdfs:, s3a:) through Spark's JVM.
 
-Jobs write to a staging path and move the finished result into place with these, so a reader never
-sees half a table, on a laptop's disk and on HDFS alike.
+Jobs write to a staging path and move the finished result into place (`skinspark.manifest.publish`),
+so a reader never sees half a table, on a laptop's disk and on HDFS alike.
 """
 
 from __future__ import annotations
 
-import uuid
-
 from pyspark.sql import SparkSession
 
 
-def _fs_and_path(spark: SparkSession, path: str):
+def file_system(spark: SparkSession, path: str):
+    """(Hadoop FileSystem, Hadoop Path) for `path`, as the session's Hadoop configuration resolves it."""
     jvm = spark.sparkContext._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
     fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
@@ -20,23 +19,31 @@ def _fs_and_path(spark: SparkSession, path: str):
 
 def qualify(spark: SparkSession, path: str) -> str:
     """An absolute, scheme-qualified URI for `path` (a plain local path becomes `file:/...`)."""
-    fs, hadoop_path = _fs_and_path(spark, path)
+    fs, hadoop_path = file_system(spark, path)
     return str(fs.makeQualified(hadoop_path).toString())
 
 
 def exists(spark: SparkSession, path: str) -> bool:
-    fs, hadoop_path = _fs_and_path(spark, path)
+    fs, hadoop_path = file_system(spark, path)
     return bool(fs.exists(hadoop_path))
 
 
 def delete(spark: SparkSession, path: str) -> None:
-    fs, hadoop_path = _fs_and_path(spark, path)
+    fs, hadoop_path = file_system(spark, path)
     fs.delete(hadoop_path, True)
+
+
+def list_names(spark: SparkSession, directory: str) -> list[str]:
+    """The names in `directory` (hidden ones included); [] when it does not exist."""
+    fs, path = file_system(spark, directory)
+    if not fs.exists(path):
+        return []
+    return [status.getPath().getName() for status in fs.listStatus(path)]
 
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Write (replace) a small text file, e.g. a manifest or a resolved config."""
-    fs, hadoop_path = _fs_and_path(spark, path)
+    fs, hadoop_path = file_system(spark, path)
     stream = fs.create(hadoop_path, True)
     try:
         stream.write(bytearray(text.encode("utf-8")))
@@ -52,7 +59,7 @@ def read_text(spark: SparkSession, path: str) -> str:
     Raises:
         FileNotFoundError: `path` does not exist.
     """
-    fs, hadoop_path = _fs_and_path(spark, path)
+    fs, hadoop_path = file_system(spark, path)
     if not fs.exists(hadoop_path):
         raise FileNotFoundError(f"no such file: {path}")
     stream = fs.open(hadoop_path)
@@ -62,37 +69,16 @@ def read_text(spark: SparkSession, path: str) -> str:
         stream.close()
 
 
-def staging_path(final: str) -> str:
-    """A unique sibling path of `final` to write into before `publish` moves it into place."""
-    final = final.rstrip("/")
-    parent, _, name = final.rpartition("/")
-    return (
-        f"{parent}/.{name}.staging-{uuid.uuid4().hex[:12]}"
-        if parent
-        else f".{name}.staging-{uuid.uuid4().hex[:12]}"
-    )
-
-
-def publish(spark: SparkSession, staging: str, final: str) -> None:
-    """Move a finished staging directory to `final`, replacing what was there.
-
-    On HDFS and local disks the final rename is atomic; an old `final` is moved aside first and
-    deleted only after the new one is in place.
+def rename(spark: SparkSession, source: str, target: str) -> None:
+    """Rename `source` to `target` (atomic on HDFS and local disks); `target`'s parent is created.
 
     Raises:
-        OSError: the file system refused a rename.
+        OSError: the file system refused the rename.
     """
-    fs, final_path = _fs_and_path(spark, final)
-    _, staging_hadoop = _fs_and_path(spark, staging)
-    old = None
-    if fs.exists(final_path):
-        old = _fs_and_path(spark, staging_path(final) + ".old")[1]
-        if not fs.rename(final_path, old):
-            raise OSError(f"could not move the existing {final} aside")
-    parent = final_path.getParent()
+    fs, source_path = file_system(spark, source)
+    _, target_path = file_system(spark, target)
+    parent = target_path.getParent()
     if parent is not None and not fs.exists(parent):
         fs.mkdirs(parent)
-    if not fs.rename(staging_hadoop, final_path):
-        raise OSError(f"could not move {staging} to {final}")
-    if old is not None:
-        fs.delete(old, True)
+    if not fs.rename(source_path, target_path):
+        raise OSError(f"could not move {source} to {target}")

@@ -1,4 +1,4 @@
-"""skinspark.cluster and the Spark profiles in conf/: spark-submit command lines, the jobs' arguments,
+"""skinspark.tools.cluster and the Spark profiles in conf/: spark-submit command lines, the jobs' arguments,
 worker registration, and (marked `cluster`) a real standalone master and workers that are always
 stopped."""
 
@@ -16,8 +16,8 @@ import pytest
 from jobs import ingest as ingest_job
 from jobs import score as score_job
 from jobs import train as train_job
-from skinspark import cluster
 from skinspark.session import CONF_DIR
+from skinspark.tools import cluster
 
 PARSERS = {"ingest": ingest_job.args_parser, "train": train_job.args_parser, "score": score_job.args_parser}
 

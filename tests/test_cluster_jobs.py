@@ -29,8 +29,9 @@ import pytest
 
 from jobs import ingest as ingest_job
 from jobs import score as score_job
-from skinspark import cluster, schema
-from skinspark.synthetic import generate
+from skinspark import schema
+from skinspark.tools import cluster
+from skinspark.tools.synthetic import generate
 
 pytestmark = pytest.mark.cluster
 
@@ -282,7 +283,7 @@ def test_ingest_on_local_cluster_gives_the_local_table(cluster_ingest, local_tab
 def test_training_on_local_cluster_saves_the_model_it_trained(
     cluster_ingest, cluster_training, model_artifacts
 ):
-    from skinspark.model import load_model
+    from skinspark.model_dir import load_model
     from skinspark.train import read_split
 
     table, _ = cluster_ingest

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from skinspark import demo, schema
+from skinspark import schema
+from skinspark.tools import demo
 
 
 @pytest.mark.slow

@@ -253,7 +253,7 @@ def test_compose_wires_workers_and_demo_to_the_master_and_a_shared_volume(compos
         assert _command(services[name])[-1] == url
         assert services[name]["depends_on"]["master"]["condition"] == "service_healthy"
     demo = _command(services["demo"])
-    assert demo[:4] == ["python", "-m", "skinspark.cluster", "jobs"]
+    assert demo[:4] == ["python", "-m", "skinspark.tools.cluster", "jobs"]
     assert demo[demo.index("--master") + 1] == url
     assert {condition["condition"] for condition in services["demo"]["depends_on"].values()} == {
         "service_healthy"

@@ -18,7 +18,7 @@ from jobs import ingest as ingest_job
 from skinspark import schema
 from skinspark.ingest import CORRUPT_COLUMN, ROW_NUMBER, resolve_fates, validate_metadata
 from skinspark.preprocess import decode_image
-from skinspark.synthetic import generate
+from skinspark.tools.synthetic import generate
 
 # --------------------------------------------------------------------------------------------------
 # Validation and fates on small frames (no Spark, no files)

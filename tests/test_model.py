@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from skinspark import schema
-from skinspark.model import (
-    MODELS,
-    build_model,
+from skinspark.model import MODELS, build_model
+from skinspark.model_dir import (
+    ModelDirError,
     labels_spec,
     load_model,
     local_path,
@@ -107,8 +108,8 @@ def test_model_dir_round_trip(tmp_path, paper_model):
 def test_local_path_accepts_file_uris_only(tmp_path):
     assert local_path("file:///tmp/model") == "/tmp/model"
     assert local_path("file:/tmp/model") == "/tmp/model"
-    assert local_path("relative/model") == "relative/model"
-    with pytest.raises(ValueError, match="local or shared"):
+    assert local_path("relative/model") == str(Path("relative/model").resolve())  # one absolute form
+    with pytest.raises(ModelDirError, match="local or shared"):
         local_path("hdfs://namenode/models/m")
     with pytest.raises(FileNotFoundError):
         load_model(str(tmp_path))

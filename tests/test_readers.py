@@ -20,7 +20,8 @@ from skinspark import ingest as ingest_lib
 from skinspark import schema
 from skinspark import score as score_lib
 from skinspark.preprocess import decode_image
-from skinspark.synthetic import generate
+from skinspark.score import chunks as score_chunks
+from skinspark.tools.synthetic import generate
 
 pytestmark = pytest.mark.slow
 
@@ -140,13 +141,13 @@ def test_scoring_records_a_file_that_vanishes_after_the_listing(
     for source in sorted(dataset.rglob("*.jpg"))[:8]:
         (archive / source.name).write_bytes(source.read_bytes())
     victim = sorted(archive.glob("*.jpg"))[2]
-    real_chunks = score_lib._score_chunks
+    real_chunks = score_chunks.score_chunks
 
     def delete_then_score(*args, **kwargs):
         victim.unlink()
         return real_chunks(*args, **kwargs)
 
-    monkeypatch.setattr(score_lib, "_score_chunks", delete_then_score)
+    monkeypatch.setattr(score_chunks, "score_chunks", delete_then_score)
     output = tmp_path / "predictions"
     code = score_job.main(
         ["--model", str(model_dir), "--images", str(archive), "--output", str(output), "--reader", reader]

@@ -17,16 +17,18 @@ from PIL import Image
 from jobs import ingest as ingest_job
 from jobs import score as score_job
 from skinspark import model_cache, schema
+from skinspark import model_dir as model_dir_lib
 from skinspark import score as score_lib
 from skinspark.preprocess import decode_image
-from skinspark.synthetic import generate
+from skinspark.score import chunks as score_chunks
+from skinspark.tools.synthetic import generate
 
 
 def _tiny_model_dir(directory: Path, seed: int = 0) -> Path:
     """A small Keras model with the model directory's contract (uint8 pixels in, 7 softmax out)."""
     import tensorflow as tf
 
-    from skinspark.model import preprocessing_spec
+    from skinspark.model_dir import preprocessing_spec
 
     tf.keras.utils.set_random_seed(seed)
     layers = tf.keras.layers
@@ -117,15 +119,15 @@ def test_predict_frame_gives_one_row_per_input_and_errors_as_rows(generated):
 
 def test_model_id_hashes_the_model_files_only(tmp_path, model_dir):
     copy = Path(shutil.copytree(model_dir, tmp_path / "copy"))
-    first = score_lib.model_id(str(copy))
-    assert len(first) == 12 and first == score_lib.model_id(str(model_dir))
+    first = model_dir_lib.model_id(str(copy))
+    assert len(first) == 12 and first == model_dir_lib.model_id(str(model_dir))
     (copy / "training_curves.png").write_bytes(b"plot")
-    assert score_lib.model_id(str(copy)) == first
+    assert model_dir_lib.model_id(str(copy)) == first
     (copy / "preprocessing.json").write_text(json.dumps({"height": 75, "width": 100, "decoder": "pillow"}))
-    assert score_lib.model_id(str(copy)) != first
+    assert model_dir_lib.model_id(str(copy)) != first
     (copy / "labels.json").unlink()
-    with pytest.raises(score_lib.ScoreError, match="labels.json"):
-        score_lib.model_id(str(copy))
+    with pytest.raises(model_dir_lib.ModelDirError, match="labels.json"):
+        model_dir_lib.model_id(str(copy))
 
 
 def test_model_cache_loads_once_per_process_and_key(tmp_path, model_dir):
@@ -143,11 +145,11 @@ def test_model_cache_loads_once_per_process_and_key(tmp_path, model_dir):
 def test_verdict_fails_on_too_many_errors_or_duplicates():
     config = score_lib.ScoreConfig(max_bad_fraction=0.1)
     ok = {"counts": {"rows": 10, "distinct_paths": 10, "errors": 1}}
-    assert score_lib._verdict(ok, config) == {"status": "complete", "bad_fraction": 0.1}
-    bad = score_lib._verdict({"counts": {"rows": 10, "distinct_paths": 10, "errors": 2}}, config)
+    assert score_lib.verdict(ok, config) == {"status": "complete", "bad_fraction": 0.1}
+    bad = score_lib.verdict({"counts": {"rows": 10, "distinct_paths": 10, "errors": 2}}, config)
     assert bad["status"] == "failed" and "20.0% of the rows are errors" in bad["error"]
     twice = {"counts": {"rows": 11, "distinct_paths": 10, "errors": 0}}
-    duplicated = score_lib._verdict(twice, config)
+    duplicated = score_lib.verdict(twice, config)
     assert duplicated["status"] == "failed" and "1 duplicate rows" in duplicated["error"]
 
 
@@ -173,14 +175,14 @@ def test_chunks_are_tight_key_ranges_that_skip_a_scored_prefix(spark):
 
 
 def test_model_is_shipped_to_executors_when_they_may_not_share_the_disk(spark, model_dir):
-    identifier = score_lib.model_id(str(model_dir))
-    assert score_lib._model_location(spark, str(model_dir), identifier) == str(model_dir)  # local master
-    location = score_lib._model_location(spark, str(model_dir), identifier, ship=True)
+    identifier = model_dir_lib.model_id(str(model_dir))
+    assert model_dir_lib.ship(spark, str(model_dir), identifier) == str(model_dir)  # local master
+    location = model_dir_lib.ship(spark, str(model_dir), identifier, to_executors=True)
     assert location == f"sparkfiles:skinspark-model-{identifier}.zip"
 
     def hashes(batches):
         for batch in batches:
-            yield batch.assign(found=score_lib.model_id(score_lib._local_model_dir(location)))
+            yield batch.assign(found=model_dir_lib.model_id(model_dir_lib.unpacked(location)))
 
     found = spark.range(2).repartition(2).mapInPandas(hashes, "id long, found string").collect()
     assert {row.found for row in found} == {identifier}
@@ -295,7 +297,7 @@ def test_predictions_equal_the_in_memory_model(scored, archive, model_dir):
     assert list(good[score_lib.PREDICTED_LABEL]) == list(expected.argmax(axis=1))
     assert list(good[score_lib.PREDICTED_DX]) == [schema.LABELS[i] for i in expected.argmax(axis=1)]
     np.testing.assert_allclose(good[score_lib.CONFIDENCE], expected.max(axis=1), atol=1e-5)
-    assert (good[score_lib.MODEL_ID] == score_lib.model_id(str(model_dir))).all()
+    assert (good[score_lib.MODEL_ID] == model_dir_lib.model_id(str(model_dir))).all()
 
 
 @pytest.mark.slow
@@ -312,7 +314,7 @@ def test_manifest_and_summary_count_the_output(scored, model_dir):
     manifest = json.loads((scored / "_manifest.json").read_text())
     counts = manifest["counts"]
     assert manifest["status"] == "complete"
-    assert manifest["model"]["model_id"] == score_lib.model_id(str(model_dir))
+    assert manifest["model"]["model_id"] == model_dir_lib.model_id(str(model_dir))
     assert counts["rows"] == counts["distinct_paths"] == 14
     assert counts["scored"] == 10 and counts["errors"] == 4
     assert counts["errors_by_reason"] == {
@@ -358,18 +360,18 @@ def test_resume_after_a_kill_gives_one_row_per_file(spark, generated, model_dir,
         "--conf",
         "chunk_files=3",
     ]
-    real_publish = score_lib._publish_chunk
+    real_publish = score_chunks.publish
     published = []
 
-    def killed_on_third_commit(spark_session, staging, final):
+    def killed_on_third_commit(spark_session, staging, final, **options):
         if len(published) == 2:
             # What a kill leaves: the third chunk fully written in its staging directory, never renamed.
             shutil.copytree(staging.removeprefix("file:"), output / ".chunk=000002.staging-killed")
             raise _Killed
-        real_publish(spark_session, staging, final)
+        real_publish(spark_session, staging, final, **options)
         published.append(final)
 
-    monkeypatch.setattr(score_lib, "_publish_chunk", killed_on_third_commit)
+    monkeypatch.setattr(score_chunks, "publish", killed_on_third_commit)
     with pytest.raises(_Killed):
         score_job.main(args)
     monkeypatch.undo()

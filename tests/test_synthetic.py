@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skinspark import synthetic
 from skinspark.schema import (
     DX_TYPES,
     HAM10000_CLASS_COUNTS,
@@ -21,6 +20,7 @@ from skinspark.schema import (
     METADATA_FILE,
     SEX_VALUES,
 )
+from skinspark.tools import synthetic
 
 SMALL_IMAGES = 60
 SMALL_SEED = 11

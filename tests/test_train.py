@@ -20,7 +20,7 @@ from jobs import ingest as ingest_job
 from jobs import train as train_job
 from skinspark import schema
 from skinspark.metrics import classification_metrics, plot_confusion_matrix, plot_training_curves, summary
-from skinspark.synthetic import generate
+from skinspark.tools.synthetic import generate
 from skinspark.train import (
     class_weights,
     describe_failure,
@@ -318,7 +318,8 @@ def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
     assert history["learning_rate"].iloc[0] == pytest.approx(0.002)
 
     # The saved model predicts exactly what the in-memory model predicted for the test split.
-    from skinspark.model import build_model, load_model, read_preprocessing
+    from skinspark.model import build_model
+    from skinspark.model_dir import load_model, read_preprocessing
     from skinspark.train import read_split
 
     spec = read_preprocessing(str(model_dir))
@@ -366,7 +367,8 @@ def test_uneven_shards_run_the_same_steps(uneven, one_epoch):
 def test_resume_continues_at_the_next_epoch(uneven, one_epoch, tmp_path, capsys):
     import tensorflow as tf
 
-    from skinspark.model import build_model, load_model
+    from skinspark.model import build_model
+    from skinspark.model_dir import load_model
 
     # Without --resume an existing run is not overwritten.
     assert train_job.main(["--data", str(uneven), "--output", str(one_epoch), "--epochs", "2", *QUICK]) == 2

@@ -21,7 +21,6 @@ writes (the driver sees about 200 bytes per file and no image bytes):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 
@@ -56,6 +55,7 @@ from skinspark.ingest.report import (
     summary,
 )
 from skinspark.ingest.table import write_table
+from skinspark.manifest import publish, staging_path, write_record
 from skinspark.split import check_fractions
 
 __all__ = [
@@ -135,7 +135,7 @@ def ingest(
     files, rows = resolve_fates(files, rows)
     plan = split_plan(ingested_pairs(files, rows), fractions, config.seed, config.split_by)
 
-    staging = storage.staging_path(output)
+    staging = staging_path(output)
     try:
         failures = write_table(spark, frame, plan, config, reader, staging) if len(plan) else {}
         files, rows, plan = apply_failures(files, rows, plan, failures)
@@ -147,7 +147,7 @@ def ingest(
         target = judge(manifest, bad, config.max_bad_fraction, output)
         if target != output:  # too much bad input: the table is dropped, the quarantine published
             storage.delete(spark, staging)
-            staging = storage.staging_path(target)
+            staging = staging_path(target)
         _finish(spark, staging, quarantine, manifest, config_text, target, started)
         return IngestResult(target, manifest)
     except BaseException:
@@ -164,6 +164,5 @@ def _finish(spark, staging, quarantine, manifest, config_text, output, started) 
     seconds = time.perf_counter() - started
     manifest["seconds"] = round(seconds, 3)
     manifest["images_per_second"] = round(manifest["counts"]["files"]["seen"] / seconds, 1)
-    storage.write_text(spark, f"{staging}/_manifest.json", json.dumps(manifest, indent=2, default=str))
-    storage.write_text(spark, f"{staging}/_config.yaml", config_text)
-    storage.publish(spark, staging, output)
+    write_record(spark, staging, manifest, config_text)
+    publish(spark, staging, output)

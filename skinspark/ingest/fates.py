@@ -154,8 +154,12 @@ def resolve_fates(files: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame
         `image_without_metadata` or `metadata_row_rejected`. Rows: a valid row whose image is missing
         is `metadata_without_image`; one whose files were all quarantined is `image_rejected`.
     """
-    files = files.copy()
-    rows = rows.copy()
+    files = _file_fates(files.copy(), rows)
+    return files, _row_fates(rows.copy(), files)
+
+
+def _file_fates(files: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Each decodable file's fate: a conflict, a duplicate copy, an orphan, or ingested."""
     decodable = files["reason"].isna()
     ok_files = files[decodable]
     hashes = ok_files.groupby(schema.IMAGE_ID)["sha1"].nunique()
@@ -164,37 +168,39 @@ def resolve_fates(files: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame
     row_reason = rows[rows["reason"].notna()].groupby(schema.IMAGE_ID)["reason"].first()
 
     ids = files[schema.IMAGE_ID]
-    file_hashes = ids.map(hashes)
-    conflict = decodable & (file_hashes > 1)
+    conflict = decodable & (ids.map(hashes) > 1)
     duplicate = decodable & ~conflict & (files[schema.SOURCE_PATH] != ids.map(first_path))
-    has_valid_row = ids.isin(valid_ids)
     rejected_row = ids.map(row_reason)
-    orphan = decodable & ~conflict & ~duplicate & ~has_valid_row
-    _set(
-        files,
-        conflict,
-        schema.REASON_CONFLICT,
-        lambda r: f"{int(hashes[r[schema.IMAGE_ID]])} different files are named {r[schema.IMAGE_ID]}",
-    )
-    _set(
-        files,
-        duplicate,
-        schema.REASON_DUPLICATE_FILE,
-        lambda r: f"identical copy of {first_path[r[schema.IMAGE_ID]]}; ingested once",
-    )
-    _set(
-        files,
-        orphan & rejected_row.isna(),
-        schema.REASON_NO_METADATA,
-        lambda r: f"no metadata row for image_id {r[schema.IMAGE_ID]}",
-    )
-    _set(
-        files,
-        orphan & rejected_row.notna(),
-        schema.REASON_ROW_REJECTED,
-        lambda r: f"its metadata row was rejected ({row_reason[r[schema.IMAGE_ID]]})",
-    )
+    orphan = decodable & ~conflict & ~duplicate & ~ids.isin(valid_ids)
+    fates = [
+        (
+            conflict,
+            schema.REASON_CONFLICT,
+            lambda r: f"{int(hashes[r[schema.IMAGE_ID]])} different files are named {r[schema.IMAGE_ID]}",
+        ),
+        (
+            duplicate,
+            schema.REASON_DUPLICATE_FILE,
+            lambda r: f"identical copy of {first_path[r[schema.IMAGE_ID]]}; ingested once",
+        ),
+        (
+            orphan & rejected_row.isna(),
+            schema.REASON_NO_METADATA,
+            lambda r: f"no metadata row for image_id {r[schema.IMAGE_ID]}",
+        ),
+        (
+            orphan & rejected_row.notna(),
+            schema.REASON_ROW_REJECTED,
+            lambda r: f"its metadata row was rejected ({row_reason[r[schema.IMAGE_ID]]})",
+        ),
+    ]
+    for mask, reason, describe in fates:
+        _set(files, mask, reason, describe)
+    return files
 
+
+def _row_fates(rows: pd.DataFrame, files: pd.DataFrame) -> pd.DataFrame:
+    """Each valid CSV row's fate once the files' are known: no image, its image rejected, or ingested."""
     file_ids = set(files[schema.IMAGE_ID])
     ingested_ids = set(files.loc[files["reason"].isna(), schema.IMAGE_ID])
     file_reason = files[files["reason"].notna()].groupby(schema.IMAGE_ID)["reason"].first()
@@ -213,7 +219,7 @@ def resolve_fates(files: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame
         schema.REASON_IMAGE_REJECTED,
         lambda r: f"its image was quarantined ({file_reason[r[schema.IMAGE_ID]]})",
     )
-    return files, rows
+    return rows
 
 
 def _set(frame: pd.DataFrame, mask: pd.Series, reason: str, describe) -> None:

@@ -8,26 +8,17 @@ import pandas as pd
 
 from skinspark import schema
 from skinspark.config import IngestConfig
+from skinspark.errors import JobError
+from skinspark.manifest import JobResult
 from skinspark.versions import package_versions
 
 
-class IngestError(RuntimeError):
-    """A problem that stops the whole job (missing CSV, no images, too much bad input).
-
-    The message is one line meant for the person running the job.
-    """
+class IngestError(JobError):
+    """A problem that stops the whole ingest job (missing CSV, no images, a bad setting)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class IngestResult:
-    """What `ingest` wrote and counted."""
-
-    output: str
-    manifest: dict
-
-    @property
-    def ok(self) -> bool:
-        return self.manifest["status"] == "complete"
+class IngestResult(JobResult):
+    """What `ingest` wrote (the table, or the quarantine beside it) and counted (its manifest)."""
 
 
 def count(files: pd.DataFrame, rows: pd.DataFrame, plan: pd.DataFrame, rows_read: int) -> dict:

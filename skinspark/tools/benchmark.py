@@ -400,7 +400,7 @@ def thread_pool_scoring(files: list[Path], model_dir: Path, batch_size: int, thr
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from skinspark.model import load_model, read_preprocessing
+    from skinspark.model_dir import load_model, read_preprocessing
 
     spec = read_preprocessing(str(model_dir))
     model = load_model(str(model_dir))
@@ -429,7 +429,7 @@ def predict_batch_udf_scoring(
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from skinspark.model import read_preprocessing
+    from skinspark.model_dir import read_preprocessing
 
     spec = read_preprocessing(str(model_dir))
     height, width, decoder = spec["height"], spec["width"], spec["decoder"]
@@ -442,7 +442,7 @@ def predict_batch_udf_scoring(
         )
 
     def make_predict_fn():
-        from skinspark.model import load_model
+        from skinspark.model_dir import load_model
 
         model = load_model(location)
 

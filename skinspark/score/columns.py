@@ -1,0 +1,64 @@
+"""The scoring output's columns: their names, types and order, and the columns every scored row gets."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from skinspark import schema
+
+PATH = "path"
+PREDICTED_DX = "predicted_dx"
+PREDICTED_LABEL = "predicted_label"
+CONFIDENCE = "confidence"
+MODEL_ID = "model_id"
+SCORED_AT = "scored_at"
+ERROR_REASON = "error_reason"  # a schema.REASON_* code, or null
+ERROR = "error"  # "reason: message", or null
+LABEL_COLUMNS = (schema.DX, schema.LABEL, schema.SPLIT)  # carried through from a labelled table
+
+# What the scoring function returns for each row (then `image_id`, `model_id`, `scored_at` are added).
+PREDICTION_FIELDS = [
+    T.StructField(PREDICTED_LABEL, T.IntegerType(), True),
+    T.StructField(CONFIDENCE, T.FloatType(), True),
+    *[T.StructField(name, T.FloatType(), True) for name in schema.PROB_COLUMNS],
+    T.StructField(ERROR_REASON, T.StringType(), True),
+    T.StructField(ERROR, T.StringType(), True),
+]
+
+PREDICTION_STRUCT = T.StructType(
+    [
+        T.StructField(PREDICTED_DX, T.StringType(), True),
+        T.StructField(CONFIDENCE, T.FloatType(), True),
+        *[T.StructField(name, T.FloatType(), True) for name in schema.PROB_COLUMNS],
+        T.StructField(ERROR_REASON, T.StringType(), True),
+        T.StructField(ERROR, T.StringType(), True),
+    ]
+)
+
+
+def output_columns(labelled: bool = False) -> list[str]:
+    """The output table's columns, in order (reading the directory adds the partition column `chunk`)."""
+    carried = list(LABEL_COLUMNS) if labelled else []
+    return [
+        PATH,
+        schema.IMAGE_ID,
+        *carried,
+        PREDICTED_DX,
+        *[f.name for f in PREDICTION_FIELDS[:-2]],
+        MODEL_ID,
+        SCORED_AT,
+        ERROR_REASON,
+        ERROR,
+    ]
+
+
+def final_columns(frame: DataFrame, identifier: str, labelled: bool) -> DataFrame:
+    labels = F.array(*[F.lit(label) for label in schema.LABELS])
+    columns = {
+        PREDICTED_DX: F.element_at(labels, F.col(PREDICTED_LABEL) + 1),  # null stays null
+        MODEL_ID: F.lit(identifier),
+        SCORED_AT: F.current_timestamp(),
+    }
+    return frame.withColumns(columns).select(*output_columns(labelled))

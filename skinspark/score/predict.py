@@ -1,0 +1,198 @@
+"""Prediction on the Python workers: the model as a worker loads it, and the function that decodes a
+batch of images and predicts it (the scoring job's and the UDF's)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from pyspark.accumulators import AccumulatorParam
+from pyspark.sql import SparkSession
+
+from skinspark import model_cache, schema
+from skinspark import model_dir as model_dir_module
+from skinspark.images import (
+    batch_contents,
+)
+from skinspark.preprocess import ImageError, decode_image, stored_pixels
+from skinspark.score.columns import CONFIDENCE, ERROR, ERROR_REASON, PATH, PREDICTED_LABEL
+from skinspark.score.report import ScoreError
+from skinspark.session import task_cpus
+
+
+def open_model(model_dir: str) -> tuple[str, str, dict]:
+    """(absolute local path, model id, checked preprocessing spec) of a model directory to score with.
+
+    Raises:
+        ScoreError: not a local path, missing files, other labels, or a spec scoring cannot follow.
+    """
+    try:
+        path = model_dir_module.local_path(model_dir)
+        return path, model_dir_module.model_id(path), model_dir_module.read_model_spec(path)
+    except model_dir_module.ModelDirError as error:
+        raise ScoreError(str(error)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerModel:
+    """What a Python worker needs to load a model directory once and feed it the right pixels."""
+
+    location: str  # the model directory, or a shipped archive (`sparkfiles:<name>.zip`)
+    identifier: str  # model_id: a changed model under the same path is another cache entry
+    threads: int  # TensorFlow's pools in each worker: the task's cores
+    height: int
+    width: int
+    decoder: str
+
+    @classmethod
+    def ship(cls, spark: SparkSession, model_dir: str, identifier: str, spec: dict) -> WorkerModel:
+        """Make the model reachable from every executor (`skinspark.model_dir.ship`) and describe it."""
+        location = model_dir_module.ship(spark, model_dir, identifier)
+        return cls(location, identifier, task_cpus(spark), spec["height"], spec["width"], spec["decoder"])
+
+    def local_dir(self) -> str:
+        """The model directory on this worker's machine."""
+        return model_dir_module.unpacked(self.location)
+
+    def loader(self) -> Callable[[], object]:
+        """Returns the model, loaded on this process's first call (`skinspark.model_cache`)."""
+        return functools.partial(model_cache.get_model, self.local_dir(), self.identifier, self.threads)
+
+
+def predict_frame(
+    batch: pd.DataFrame,
+    load_model: Callable[[], object],
+    height: int,
+    width: int,
+    decoder: str = "simplejpeg",
+    data_column: str = "content",
+    raw_pixels: bool = False,
+    passthrough: Sequence[str] = (PATH,),
+    max_batch: int = 256,
+) -> pd.DataFrame:
+    """Decode a batch of images and predict them, `max_batch` images per model call.
+
+    The one prediction function of the scoring job and of `predict_udf`.
+
+    Args:
+        batch: rows with `data_column` (encoded file bytes, an `ImageError` for a file that could not
+            be read, or raw pixels when `raw_pixels`; then also `height` and `width` columns) and the
+            `passthrough` columns.
+        load_model: returns the Keras model (uint8 pixels in, probabilities over schema.LABELS out);
+            called only when the batch has a decodable image.
+        height, width, decoder: the model's preprocessing.
+        raw_pixels: the data are stored pixels (the ingested table) instead of encoded files.
+        passthrough: columns copied to the output unchanged.
+        max_batch: the most images per `predict_on_batch` call (a SQL UDF's Arrow batch can hold
+            10,000 rows, far more than a model call should take at once).
+
+    Returns:
+        `passthrough` columns, `predicted_label` (nullable Int32), `confidence`, one `prob_<label>`
+        per class (float32), `error_reason` and `error`. A failed row has NaN (null in Spark)
+        probabilities and its error.
+
+    Raises:
+        ValueError: the model's output is not one row of NUM_CLASSES probabilities per image.
+    """
+    count = len(batch)
+    probabilities = np.full((count, schema.NUM_CLASSES), np.nan, dtype=np.float32)
+    reasons: list[str | None] = [None] * count
+    errors: list[str | None] = [None] * count
+    pixels, decoded = [], []
+    for index, data in enumerate(batch[data_column]):
+        try:
+            if isinstance(data, ImageError):
+                raise data
+            if raw_pixels:
+                stored = (batch[schema.HEIGHT].iat[index], batch[schema.WIDTH].iat[index])
+                pixels.append(_stored_pixels(data, *stored, height, width))
+            else:
+                pixels.append(decode_image(data, height, width, decoder))
+            decoded.append(index)
+        except ImageError as error:
+            reasons[index], errors[index] = error.reason, f"{error.reason}: {error.message}"
+        except Exception as error:  # a decoder bug on one odd file must not stop the job
+            reasons[index] = schema.REASON_UNDECODABLE
+            errors[index] = f"{schema.REASON_UNDECODABLE}: {type(error).__name__}: {error}"
+    if decoded:
+        model = load_model()
+        for start in range(0, len(decoded), max(1, max_batch)):
+            rows = decoded[start : start + max(1, max_batch)]
+            predicted = np.asarray(model.predict_on_batch(np.stack(pixels[start : start + len(rows)])))
+            if predicted.shape != (len(rows), schema.NUM_CLASSES):
+                expected = (len(rows), schema.NUM_CLASSES)
+                raise ValueError(f"model returned shape {predicted.shape}, expected {expected}")
+            probabilities[rows] = predicted.astype(np.float32)
+    failed = np.isnan(probabilities).any(axis=1)
+    best = np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)
+    frame = pd.DataFrame({name: batch[name].to_numpy() for name in passthrough}, index=range(count))
+    labels = [None if bad else int(label) for bad, label in zip(failed, best, strict=True)]
+    frame[PREDICTED_LABEL] = pd.array(labels, dtype="Int32")
+    frame[CONFIDENCE] = probabilities.max(axis=1)  # NaN (null) for a failed row
+    for column, name in enumerate(schema.PROB_COLUMNS):
+        frame[name] = probabilities[:, column]
+    frame[ERROR_REASON] = reasons
+    frame[ERROR] = errors
+    return frame
+
+
+def _stored_pixels(raw: bytes, stored_height, stored_width, height: int, width: int) -> np.ndarray:
+    if (int(stored_height), int(stored_width)) != (height, width):
+        raise ImageError(
+            schema.REASON_UNDECODABLE,
+            f"stored image is {stored_width}x{stored_height}, the model takes {width}x{height}",
+        )
+    return stored_pixels(raw, height, width)
+
+
+class WorkerStats(AccumulatorParam):
+    """Per Python worker ("host:pid"): [tasks run, times this process loaded the model]."""
+
+    def zero(self, value):
+        return {}
+
+    def addInPlace(self, total, update):
+        for worker, (tasks, loads) in update.items():
+            seen_tasks, seen_loads = total.get(worker, (0, 0))
+            total[worker] = (seen_tasks + tasks, max(seen_loads, loads))
+        return total
+
+
+def score_partition(
+    batches: Iterator[pd.DataFrame],
+    *,
+    model: WorkerModel,
+    data_column: str,
+    raw_pixels: bool,
+    passthrough: Sequence[str],
+    stats,
+    reader: str | None = None,
+    max_batch: int = 256,
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: the model comes from the worker's module-level cache, loaded on first use.
+
+    With `reader` set, each batch holds files by `path`: their bytes are read here ("python") or
+    come in Spark's `content` column ("spark").
+    """
+    load = model.loader()
+    for batch in batches:
+        if reader is not None:
+            batch = batch.assign(**{data_column: list(batch_contents(batch, reader))})
+        yield predict_frame(
+            batch,
+            load,
+            model.height,
+            model.width,
+            model.decoder,
+            data_column,
+            raw_pixels,
+            passthrough,
+            max_batch,
+        )
+    loads = model_cache.load_count(model.local_dir(), model.identifier)
+    stats.add({f"{socket.gethostname()}:{os.getpid()}": (1, loads)})

@@ -1,0 +1,181 @@
+"""What a scoring run counts and reports: its error and result, the manifest, the labelled metrics,
+the verdict and the one-screen summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from skinspark import schema, storage
+from skinspark.config import ScoreConfig
+from skinspark.errors import JobError
+from skinspark.manifest import JobResult, to_json
+from skinspark.versions import package_versions
+
+if TYPE_CHECKING:
+    from skinspark.score.sources import Source
+
+from skinspark.score.columns import ERROR, ERROR_REASON, PATH, PREDICTED_DX, output_columns
+
+METRICS_FILE = "_metrics.json"
+
+
+class ScoreError(JobError):
+    """A problem that stops the whole scoring job (bad model directory, missing input, a foreign
+    output)."""
+
+
+class ScoreResult(JobResult):
+    """What `score` wrote (the predictions directory) and counted (its manifest)."""
+
+
+def start_manifest(
+    source: Source, inputs: dict, output: str, model: dict, config: ScoreConfig, run: dict
+) -> dict:
+    """The manifest written before the first chunk (status "running"); `model` records the model
+    directory, its id and preprocessing, `run` this run's start, mode and plan."""
+    kind = "table" if source.labelled else "images"
+    return {
+        "job": "score",
+        "status": "running",
+        "input_kind": kind,
+        "inputs": inputs,
+        "reader": source.reader,  # None for a table: its pixels are stored
+        "output": output,
+        "model": model,
+        "columns": output_columns(source.labelled),
+        "error_columns": {ERROR_REASON: "a reason code, or null", ERROR: "'reason: message', or null"},
+        "config": dataclasses.asdict(config),
+        "versions": package_versions(),
+        "run": run,
+    }
+
+
+def write_metrics(spark: SparkSession, output: str) -> dict:
+    """Write `_metrics.json` of a labelled output; returns the manifest's headline figures."""
+    metrics = _labelled_metrics(spark, output)
+    if not metrics:
+        return {}
+    storage.write_text(spark, f"{output}/{METRICS_FILE}", to_json(metrics))
+    headline = ("images", "accuracy", "balanced_accuracy", "macro_f1")
+    return {"metrics": {split: {key: m[key] for key in headline} for split, m in metrics.items()}}
+
+
+def _labelled_metrics(spark: SparkSession, output: str) -> dict:
+    """classification_metrics per split and over all rows with a label and a prediction.
+
+    Brings `split`, `label` and seven probabilities per labelled row to the driver (about 40 bytes a
+    row: a million rows is 40 MB); a labelled set is an evaluation set, not a whole archive.
+    """
+    from skinspark.metrics import classification_metrics
+
+    rows = (
+        spark.read.parquet(output)
+        .where(F.col(ERROR_REASON).isNull() & F.col(schema.LABEL).isNotNull())
+        .select(schema.SPLIT, schema.LABEL, *schema.PROB_COLUMNS)
+        .toPandas()
+    )
+    if rows.empty:
+        return {}
+    metrics = {}
+    splits = sorted(rows[schema.SPLIT].dropna().unique())
+    groups = [("all", rows), *[(split, rows[rows[schema.SPLIT] == split]) for split in splits]]
+    for name, group in groups:
+        if not group.empty:
+            metrics[name] = classification_metrics(
+                group[schema.LABEL].to_numpy(), group[list(schema.PROB_COLUMNS)].to_numpy()
+            )
+    return metrics
+
+
+def count_output(spark: SparkSession, output: str, chunks: int, first_new_chunk: int) -> dict:
+    """Counts over the whole output (aggregates only): rows, errors by reason, predictions per class."""
+    table = spark.read.parquet(output)
+    grouped = table.groupBy(ERROR_REASON, PREDICTED_DX).count().collect()
+    rows, paths = table.agg(F.count("*"), F.count_distinct(PATH)).first()
+    errors = {row[ERROR_REASON]: 0 for row in grouped if row[ERROR_REASON] is not None}
+    predicted = {label: 0 for label in schema.LABELS}
+    for row in grouped:
+        if row[ERROR_REASON] is not None:
+            errors[row[ERROR_REASON]] += row["count"]
+        elif row[PREDICTED_DX] is not None:
+            predicted[row[PREDICTED_DX]] += row["count"]
+    return {
+        "counts": {
+            "rows": int(rows),
+            "distinct_paths": int(paths),
+            "scored": sum(predicted.values()),
+            "errors": sum(errors.values()),
+            "errors_by_reason": dict(sorted(errors.items())),
+            "predicted": predicted,
+            "chunks": chunks,
+            "first_chunk_of_this_run": first_new_chunk,
+        }
+    }
+
+
+def verdict(manifest: dict, config: ScoreConfig) -> dict:
+    counts = manifest["counts"]
+    bad = counts["errors"] / max(counts["rows"], 1)
+    verdict = {"status": "complete", "bad_fraction": round(bad, 6)}
+    if counts["rows"] != counts["distinct_paths"]:
+        verdict.update(status="failed", error=f"{counts['rows'] - counts['distinct_paths']} duplicate rows")
+    elif bad > config.max_bad_fraction:
+        verdict.update(
+            status="failed",
+            error=(
+                f"{bad:.1%} of the rows are errors, over max_bad_fraction {config.max_bad_fraction:.1%} "
+                f"(the rows are written; see the {ERROR_REASON} column)"
+            ),
+        )
+    return verdict
+
+
+def worker_summary(stats: dict) -> dict:
+    return {
+        "python_processes": len(stats),
+        "tasks": sum(tasks for tasks, _ in stats.values()),
+        "model_loads": sum(loads for _, loads in stats.values()),
+        "per_process": {
+            worker: {"tasks": tasks, "model_loads": loads} for worker, (tasks, loads) in stats.items()
+        },
+    }
+
+
+def summary(manifest: dict) -> str:
+    """A one-screen, human-readable summary of a scoring manifest."""
+    run, counts = manifest["run"], manifest.get("counts", {})
+    lines = [
+        f"score {manifest['status']}: model {manifest['model']['model_id']} -> {manifest['output']}",
+        f"  this run ({run['mode']}): {run['files_seen']} files seen, {run['already_scored']} already done, "
+        f"{run.get('files_scored', 0)} scored in {run.get('seconds', 0):.1f} s "
+        f"({run.get('images_per_second', 0):.0f} images/s)",
+    ]
+    if counts:
+        lines.append(
+            f"  output: {counts['rows']} rows in {counts['chunks']} chunks, "
+            f"{counts['scored']} predicted, {counts['errors']} errors "
+            f"({manifest.get('bad_fraction', 0):.2%})"
+        )
+        for reason, number in counts["errors_by_reason"].items():
+            lines.append(f"    error {reason}: {number}")
+        lines.append("  predicted " + " ".join(f"{label:>6}" for label in schema.LABELS))
+        lines.append("            " + " ".join(f"{counts['predicted'][label]:>6}" for label in schema.LABELS))
+    workers = run.get("workers")
+    if workers:
+        lines.append(
+            f"  {workers['tasks']} tasks on {workers['python_processes']} Python workers, "
+            f"{workers['model_loads']} model loads"
+        )
+    for split, metrics in manifest.get("metrics", {}).items():
+        lines.append(
+            f"  {split:<5} {metrics['images']:>6} images: accuracy {metrics['accuracy']:.4f}, "
+            f"balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+            f"macro F1 {metrics['macro_f1']:.4f}"
+        )
+    if manifest.get("error"):
+        lines.append(f"  ERROR: {manifest['error']}")
+    return "\n".join(lines)

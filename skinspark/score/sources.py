@@ -1,0 +1,255 @@
+"""The scoring job's inputs: image files listed by binaryFile, or the ingested table; each gives a
+narrow listing to plan with and the scored rows of one chunk."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from skinspark import schema, storage
+from skinspark.config import ScoreConfig
+from skinspark.errors import first_line
+from skinspark.images import (
+    CONTENT,
+    FILE_PATH,
+    file_index,
+    image_id_column,
+    list_images,
+    listed_files,
+    read_columns,
+    resolve_reader,
+)
+
+if TYPE_CHECKING:
+    from skinspark.score.chunks import Chunk
+
+from skinspark.score.columns import ERROR, ERROR_REASON, LABEL_COLUMNS, PATH, PREDICTION_FIELDS
+from skinspark.score.predict import score_partition
+from skinspark.score.report import ScoreError
+
+KEY = "_key"
+
+
+class Source:
+    """One kind of input: its narrow listing (`path`, `_key`) and the scored rows of one chunk."""
+
+    labelled = False
+    reader: str | None = None  # who reads each file's bytes; None for stored pixels
+
+    def listing(self) -> DataFrame:
+        raise NotImplementedError
+
+    def find_empty_files(self, scanned: int) -> int:
+        """Add rows Spark's scan skips (zero-byte files) to `listing`; returns how many."""
+        return 0
+
+    def complete_chunk(self, staging: str, chunk: Chunk, done: DataFrame | None) -> DataFrame | None:
+        """Rows the chunk written to `staging` is missing (files gone since the listing), or None."""
+        return None
+
+    def chunk(self, chunk: Chunk, done: DataFrame | None, udf_args: dict) -> DataFrame:
+        """Rows of the files in `chunk`'s key range, minus `done` paths when given, scored."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop anything cached for the run."""
+
+
+class ImageFiles(Source):
+    """Files listed with binaryFile and read by `reader`. The key hashes `_metadata.file_path`, a
+    column Spark evaluates against its file listing, so a chunk's key range prunes the files a chunk's
+    query opens."""
+
+    def __init__(self, frame: DataFrame, max_image_bytes: int, reader: str):
+        self.frame = frame
+        self.key = F.xxhash64(F.col(f"_metadata.{FILE_PATH}"))
+        self.max_image_bytes = max_image_bytes
+        self.reader = reader
+        self.empty: DataFrame | None = None
+
+    def listing(self) -> DataFrame:
+        listing = self.frame.select(PATH, self.key.alias(KEY))
+        return listing if self.empty is None else listing.unionByName(self.empty.select(PATH, KEY))
+
+    def find_empty_files(self, scanned: int) -> int:
+        """Find zero-byte files: Spark's file index lists them but its scans skip them, so without
+        this they would have no row. Only when the listing holds more files than the scan returned
+        (`scanned`) is the listing turned into rows (in the JVM: the paths never reach Python).
+
+        Returns:
+            The number of zero-byte files, which `listing` and `chunk` then include.
+        """
+        listed = listed_files(self.frame)
+        if len(listed) <= scanned:
+            return 0
+        scan = self.frame.select(self.key.alias(KEY))
+        empty = self._index(listed).join(scan, KEY, "left_anti")
+        self.empty = empty.persist()
+        return self.empty.count()
+
+    def _index(self, listed=None) -> DataFrame:
+        """`path` and `_key` of every file in Spark's file index (`images.file_index`)."""
+        index = file_index(self.frame, listed)
+        return index.select(PATH, F.xxhash64(FILE_PATH).alias(KEY))
+
+    def release(self) -> None:
+        if self.empty is not None:
+            self.empty.unpersist()
+
+    def chunk(self, chunk, done, udf_args):
+        selection = self.frame.where(self.key.between(chunk.low, chunk.high))
+        # binaryFile pushes the length filter down: oversized files are listed but never opened.
+        columns = read_columns(self.reader)
+        readable = selection.where(F.col("length") <= self.max_image_bytes).select(*columns)
+        too_large = selection.where(F.col("length") > self.max_image_bytes).select(PATH, "length")
+        empty = None
+        if self.empty is not None:
+            empty = self.empty.where(F.col(KEY).between(chunk.low, chunk.high)).select(PATH)
+        if done is not None:
+            readable = readable.join(done, PATH, "left_anti")
+            too_large = too_large.join(done, PATH, "left_anti")
+            empty = None if empty is None else empty.join(done, PATH, "left_anti")
+        predictions = readable.mapInPandas(
+            functools.partial(
+                score_partition,
+                data_column=CONTENT,
+                raw_pixels=False,
+                passthrough=[PATH],
+                reader=self.reader,
+                **udf_args,
+            ),
+            T.StructType([T.StructField(PATH, T.StringType(), False), *PREDICTION_FIELDS]),
+        )
+        limit = f"file is %d bytes, over the {self.max_image_bytes:,}-byte limit (max_image_bytes)"
+        rows = predictions.unionByName(
+            _error_rows(too_large, schema.REASON_TOO_LARGE, F.format_string(limit, "length"))
+        )
+        if empty is not None:
+            message = F.lit("file is empty (0 bytes)")
+            rows = rows.unionByName(_error_rows(empty, schema.REASON_EMPTY, message))
+        return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
+
+    def complete_chunk(self, staging, chunk, done):
+        """Error rows for the files of `chunk` that are neither in `staging` nor `done`: Spark's scan
+        skips a file that vanished after the listing instead of failing the task."""
+        # By its part files: Spark warns about (but reads) a directory whose name starts with '.'.
+        written = self.frame.sparkSession.read.parquet(f"{staging}/part-*").select(PATH)
+        if written.count() >= chunk.files:
+            return None
+        written = written if done is None else written.unionByName(done)
+        listed = self._index().where(F.col(KEY).between(chunk.low, chunk.high)).select(PATH)
+        gone = listed.join(written, PATH, "left_anti")
+        message = F.lit("cannot read the file: listed, but gone or unreadable when it was read")
+        rows = _error_rows(gone, schema.REASON_UNREADABLE, message)
+        return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
+
+
+def _error_rows(files: DataFrame, reason: str, message: Column) -> DataFrame:
+    """Rows for files that are never decoded: null predictions, the reason and 'reason: message'."""
+    return files.select(
+        PATH,
+        *[F.lit(None).cast(field.dataType).alias(field.name) for field in PREDICTION_FIELDS[:-2]],
+        F.lit(reason).alias(ERROR_REASON),
+        F.concat(F.lit(f"{reason}: "), message).alias(ERROR),
+    )
+
+
+class Table(Source):
+    """The ingested table: stored pixels, scored with their labels carried along."""
+
+    labelled = True
+
+    def __init__(self, frame: DataFrame):
+        self.frame = frame
+        self.key = F.xxhash64(F.col(schema.SOURCE_PATH))
+
+    def listing(self) -> DataFrame:
+        return self.frame.select(F.col(schema.SOURCE_PATH).alias(PATH), self.key.alias(KEY))
+
+    def chunk(self, chunk, done, udf_args):
+        carried = [PATH, schema.IMAGE_ID, *LABEL_COLUMNS]
+        rows = self.frame.where(self.key.between(chunk.low, chunk.high)).select(
+            F.col(schema.SOURCE_PATH).alias(PATH),
+            schema.IMAGE_ID,
+            schema.DX,
+            schema.LABEL,
+            schema.SPLIT,
+            schema.IMAGE,
+            schema.HEIGHT,
+            schema.WIDTH,
+        )
+        if done is not None:
+            rows = rows.join(done, PATH, "left_anti")
+        carried_fields = [rows.schema[name] for name in carried]
+        return rows.mapInPandas(
+            functools.partial(
+                score_partition, data_column=schema.IMAGE, raw_pixels=True, passthrough=carried, **udf_args
+            ),
+            T.StructType([*carried_fields, *PREDICTION_FIELDS]),
+        )
+
+
+def read_table(spark: SparkSession, table: str) -> DataFrame:
+    """The ingested Parquet table (`DIR/split=.../*.parquet`).
+
+    Raises:
+        ScoreError: missing, or lacking the columns scoring needs.
+    """
+    try:
+        frame = spark.read.parquet(storage.qualify(spark, table))
+    except AnalysisException as error:
+        raise ScoreError(f"table not found or unreadable: {table} ({first_line(error)})") from None
+    needed = [
+        schema.IMAGE_ID,
+        schema.DX,
+        schema.LABEL,
+        schema.IMAGE,
+        schema.HEIGHT,
+        schema.WIDTH,
+        schema.SOURCE_PATH,
+        schema.SPLIT,
+    ]
+    missing = [name for name in needed if name not in frame.columns]
+    if missing:
+        raise ScoreError(f"{table} is not an ingested table: it lacks columns {missing}")
+    return frame
+
+
+def open_source(
+    spark: SparkSession, config: ScoreConfig, spec: dict, images: Sequence[str] | None, table: str | None
+) -> tuple[Source, dict]:
+    """The job's input, image files or an ingested table, and its record for the manifest.
+
+    Raises:
+        ScoreError: a missing path or table, a bad reader, or a table of another image size.
+    """
+    if images is not None:
+        paths = [storage.qualify(spark, path) for path in images]
+        try:
+            reader = resolve_reader(config.reader, paths)
+            source: Source = ImageFiles(list_images(spark, paths), config.max_image_bytes, reader)
+        except ValueError as error:  # ImagePathError included
+            raise ScoreError(str(error)) from None
+        inputs = {"images": paths}
+    else:
+        frame = read_table(spark, table)
+        _check_table_size(frame, spec)
+        source = Table(frame)
+        inputs = {"table": storage.qualify(spark, table)}
+    return source, inputs
+
+
+def _check_table_size(frame: DataFrame, spec: dict) -> None:
+    sizes = frame.select(schema.HEIGHT, schema.WIDTH).distinct().limit(5).collect()
+    wrong = [(row[0], row[1]) for row in sizes if (row[0], row[1]) != (spec["height"], spec["width"])]
+    if wrong:
+        raise ScoreError(
+            f"the table's images are {wrong[0][1]}x{wrong[0][0]}, the model takes "
+            f"{spec['width']}x{spec['height']}: ingest again with the model's size"
+        )

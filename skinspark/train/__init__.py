@@ -1,0 +1,224 @@
+"""Distributed training on Spark: `horovod.spark.run` starts N ranks, each reads its Petastorm shard.
+
+The driver (`train`) reads the ingest manifest, works out class weights, the rank count and the
+steps per epoch, and hands plain values (`worker.RankPlan`) to `worker.train_worker`, a top-level
+function that every rank runs (workers import it by reference). Rank 0 writes a checkpoint after
+each epoch and returns its final weights; the driver then builds the model directory: model, labels,
+preprocessing spec, test-split metrics, history and plots.
+
+    recipe.py       the settings checked, class weights
+    data.py         the table's manifest, whole small splits, each rank's Petastorm shard in tf.data
+    worker.py       what each rank runs: the fit, the epoch log, the watchdog
+    checkpoints.py  epoch checkpoints and --resume
+    failures.py     rank error reports, the driver's diagnosis, the Horovod launch
+    artifacts.py    the files of a finished model directory and the summary
+
+Model directory layout and write order:
+
+    checkpoints/epoch-NNNN/     written by rank 0 after each epoch, directly in place (so `--resume`
+                                finds them after a kill); each is written under a temporary name and
+                                renamed, so a directory named epoch-NNNN is always complete
+    model.keras, labels.json, preprocessing.json, _config.yaml, ingest_manifest.json,
+    metrics.json, history.csv, test_predictions.csv, training_curves.png, confusion_matrix.png
+                                written at the end into a staging folder and moved in file by file
+    _manifest.json              moved in last: its presence means the directory is complete
+    _errors/rank-N.json         only after a failure: each failed rank's error and traceback
+
+A rank that fails reports its error there and exits at once; a watchdog thread in every rank ends it
+when another rank has reported, or when it has made no progress for `stall_timeout_s`, so a failure
+ends the job in bounded time with the failing rank's error instead of leaving the others waiting in
+a collective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from skinspark import schema, session, storage
+from skinspark.config import TrainConfig
+from skinspark.metrics import classification_metrics
+from skinspark.model import build_model
+from skinspark.model_dir import local_path
+from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
+from skinspark.train.checkpoints import CHECKPOINTS, latest_checkpoint, restore_checkpoint, write_checkpoint
+from skinspark.train.data import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split
+from skinspark.train.failures import (
+    ERRORS,
+    TrainError,
+    TrainInputError,
+    describe_failure,
+    rank_environment,
+    run_ranks,
+)
+from skinspark.train.recipe import CLASS_WEIGHT_MODES, class_weights, validate_config
+from skinspark.train.worker import HISTORY_COLUMNS, RankPlan
+from skinspark.versions import package_versions
+
+TEST_SUMMARY_KEYS = ("images", "accuracy", "balanced_accuracy", "macro_f1", "loss")
+
+__all__ = [
+    "CLASS_WEIGHT_MODES",
+    "TrainError",
+    "TrainInputError",
+    "TrainResult",
+    "class_weights",
+    "describe_failure",
+    "latest_checkpoint",
+    "petastorm_url",
+    "rank_environment",
+    "read_split",
+    "restore_checkpoint",
+    "summary",
+    "train",
+    "validate_config",
+    "write_checkpoint",
+]
+
+
+def train(
+    spark: SparkSession,
+    data_dir: str,
+    model_dir: str,
+    config: TrainConfig,
+    config_yaml: str,
+    resume: bool = False,
+) -> TrainResult:
+    """Train on `data_dir/split=train`, validate on `split=val`, evaluate on `split=test`.
+
+    Args:
+        spark: the active session; Horovod's ranks run as its tasks.
+        data_dir: the ingested table (any Hadoop/Petastorm URI) with its `_manifest.json`.
+        model_dir: the output directory (a local or shared, mounted path).
+        config: the resolved training config.
+        config_yaml: the same config as YAML, written beside the model.
+        resume: continue from the last complete checkpoint in `model_dir/checkpoints` (from the start
+            when there is none).
+
+    Returns:
+        TrainResult with the manifest, test metrics, per-epoch history and the trained model.
+
+    Raises:
+        ValueError: an invalid config value.
+        TrainInputError: unusable input, or a checkpoint in `model_dir` without `resume`.
+        TrainError: a rank failed or stalled, or the ranks did not start within the start timeout.
+    """
+    started = time.perf_counter()
+    validate_config(config)
+    directory = Path(local_path(model_dir))
+    data_url = petastorm_url(storage.qualify(spark, data_dir))
+    ingest_manifest = read_ingest_manifest(spark, data_url)
+    run = _plan_run(spark, config, ingest_manifest, data_dir)
+    latest = _previous_run(directory, model_dir, resume)
+    initial_epoch, history_rows = (latest[0], latest[2]["history"]) if latest is not None else (0, [])
+    model = build_model(config.model, run["input_shape"], schema.NUM_CLASSES, config.dropout)
+    ranks: list[dict] = []
+    train_seconds = 0.0
+    if initial_epoch < config.epochs:
+        plan = RankPlan.build(
+            config,
+            data_url,
+            directory,
+            input_shape=run["input_shape"],
+            initial_epoch=initial_epoch,
+            previous_history=history_rows,
+            resume_dir=str(latest[1]) if latest is not None else None,
+            steps_per_epoch=run["steps_per_epoch"],
+            class_weight=run["class_weight"],
+            task_cpus=run["task_cpus"],
+        )
+        train_started = time.perf_counter()
+        ranks = run_ranks(
+            plan, run["num_proc"], config.start_timeout_s, directory / ERRORS, config.horovod_cycle_time_ms
+        )
+        train_seconds = time.perf_counter() - train_started
+        model.set_weights(ranks[0]["weights"])
+        history_rows = ranks[0]["history"]
+    else:
+        # Nothing left to train (a resumed run that had already finished): the last checkpoint is the model.
+        restore_checkpoint(latest[1], model)
+    history = pd.DataFrame(history_rows, columns=list(HISTORY_COLUMNS))
+    run.update(ranks=ranks, training_seconds=train_seconds, initial_epoch=initial_epoch)
+    return _finish(model, config, data_url, directory, ingest_manifest, history, run, config_yaml, started)
+
+
+def _plan_run(spark: SparkSession, config: TrainConfig, ingest_manifest: dict, data_dir: str) -> dict:
+    """The run's sizes from the table and the session: rows per split, class weights, ranks, steps."""
+    splits = ingest_manifest["counts"]["splits"]
+    rows = {split: int(splits[split]["images"]) for split in schema.SPLITS}
+    empty = [split for split, count in rows.items() if count == 0]
+    if empty:
+        raise TrainInputError(f"the ingested table {data_dir} has no images in split(s) {', '.join(empty)}")
+    task_cpus = session.task_cpus(spark)
+    num_proc = config.num_proc or max(1, session.default_parallelism(spark) // task_cpus)
+    return {
+        "input_shape": tuple(int(value) for value in ingest_manifest["image_shape"]),
+        "rows": rows,
+        "class_weight": class_weights(splits["train"]["by_class"], config.class_weight),
+        "task_cpus": task_cpus,
+        "num_proc": num_proc,
+        # Every rank runs this many steps per epoch, whatever the size of its shard (else allreduce hangs).
+        "steps_per_epoch": math.ceil(rows["train"] / (config.batch_size * num_proc)),
+    }
+
+
+def _previous_run(directory: Path, model_dir: str, resume: bool):
+    """The newest checkpoint to resume from (or None), after checking the directory may be used."""
+    latest = latest_checkpoint(directory / CHECKPOINTS)
+    if latest is not None and not resume:
+        raise TrainInputError(
+            f"{model_dir} already holds a checkpoint of epoch {latest[0]}: pass --resume "
+            "to continue it, or choose another --output"
+        )
+    (directory / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(directory / ERRORS, ignore_errors=True)
+    return latest
+
+
+def _finish(
+    model, config, data_url, directory, ingest_manifest, history, run, config_yaml, started
+) -> TrainResult:
+    """Evaluate on the test split, then write the model directory with its manifest."""
+    height, width = run["input_shape"][0], run["input_shape"][1]
+    test = read_split(f"{data_url}/split=test", height, width, workers=config.workers_per_rank)
+    probabilities = model.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+    test_metrics = classification_metrics(test["label"], probabilities)
+    trained = history[history["epoch"] > run["initial_epoch"]]
+    weights = run["class_weight"] or {}
+    manifest = {
+        "job": "train",
+        "status": "complete",
+        "data": data_url,
+        "model_dir": str(directory),
+        "model": config.model,
+        "parameters": int(model.count_params()),
+        "num_proc": run["num_proc"],
+        "task_cpus": run["task_cpus"],
+        "rows": run["rows"],
+        "steps_per_epoch": run["steps_per_epoch"],
+        "images_per_epoch": run["steps_per_epoch"] * config.batch_size * run["num_proc"],
+        "epochs": config.epochs,
+        "initial_epoch": run["initial_epoch"],
+        "epochs_trained": len(trained),
+        "ranks": [{key: rank[key] for key in ("rank", "batches", "sharding")} for rank in run["ranks"]],
+        "class_weight": {schema.LABELS[index]: weight for index, weight in weights.items()},
+        "training_seconds": round(run["training_seconds"], 3),
+        "images_per_second": round(float(trained["images_per_second"].mean()), 1) if len(trained) else None,
+        "test": {key: test_metrics[key] for key in TEST_SUMMARY_KEYS},
+        "config": dataclasses.asdict(config),
+        "versions": package_versions(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    outputs = {
+        "metrics": test_metrics,
+        "history": history,
+        "predictions": prediction_frame(test, probabilities),
+    }
+    write_outputs(directory, model, ingest_manifest, config_yaml, outputs, manifest)
+    return TrainResult(str(directory), manifest, test_metrics, history, model)

@@ -1,0 +1,96 @@
+"""What a training run leaves in MODEL_DIR: the model, metrics, history, test predictions, plots and
+manifest, moved in whole with `_manifest.json` last; and the run's one-screen summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skinspark import metrics as metrics_module
+from skinspark import schema
+from skinspark.manifest import MANIFEST_FILE, JobResult, write_json_atomic
+from skinspark.model_dir import save_model_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult(JobResult):
+    """What `train` produced: the model directory (`output`), its manifest and test metrics, the
+    per-epoch history and the trained model."""
+
+    metrics: dict
+    history: pd.DataFrame
+    model: Any  # the trained tf.keras.Model, as saved in the model directory
+
+    @property
+    def model_dir(self) -> str:
+        return self.output
+
+
+def prediction_frame(test: dict[str, np.ndarray], probabilities: np.ndarray) -> pd.DataFrame:
+    """One row per test image: its id, label, predicted label and the seven probabilities."""
+    frame = pd.DataFrame(
+        {
+            schema.IMAGE_ID: test["image_id"],
+            schema.LABEL: test["label"],
+            "predicted": probabilities.argmax(axis=1),
+        }
+    )
+    for index, column in enumerate(schema.PROB_COLUMNS):
+        frame[column] = probabilities[:, index]
+    return frame
+
+
+def write_outputs(
+    directory: Path, model, ingest_manifest: dict, config_yaml: str, outputs: dict, manifest: dict
+) -> None:
+    """Write the final artifacts into a staging folder and move them in, `_manifest.json` last.
+
+    `outputs` holds "metrics" (classification_metrics of the test split), "history" (one row per
+    epoch) and "predictions" (one row per test image).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    # The model directory also holds the checkpoints --resume needs, so it cannot be replaced as a
+    # whole; each artifact is moved in by an atomic rename instead.
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".staging-") as staging_name:
+        staging = Path(staging_name)
+        save_model_dir(model, str(staging), ingest_manifest, config_yaml)
+        test_metrics = outputs["metrics"]
+        write_json_atomic(staging / "metrics.json", test_metrics)
+        outputs["history"].to_csv(staging / "history.csv", index=False, float_format="%.9g")
+        outputs["predictions"].to_csv(staging / "test_predictions.csv", index=False, float_format="%.9g")
+        metrics_module.plot_training_curves(outputs["history"], staging / "training_curves.png")
+        metrics_module.plot_confusion_matrix(
+            test_metrics["confusion_matrix"], test_metrics["labels"], staging / "confusion_matrix.png"
+        )
+        for path in sorted(staging.iterdir()):
+            os.replace(path, directory / path.name)
+    write_json_atomic(directory / MANIFEST_FILE, manifest)
+
+
+def summary(result: TrainResult) -> str:
+    """A one-screen summary of a training run: what ran, then the test metrics."""
+    manifest = result.manifest
+    lines = [
+        f"train complete: {manifest['model']} ({manifest['parameters']:,} parameters), "
+        f"{manifest['epochs_trained']} epoch(s) trained of {manifest['epochs']} on {manifest['num_proc']} "
+        f"rank(s) in {manifest['seconds']:.1f} s"
+        + (f" ({manifest['images_per_second']:.0f} images/s)" if manifest["images_per_second"] else ""),
+        f"  images: train {manifest['rows']['train']}, val {manifest['rows']['val']}, "
+        f"test {manifest['rows']['test']}; {manifest['steps_per_epoch']} steps per epoch per rank",
+    ]
+    if len(result.history):
+        last = result.history.iloc[-1]
+        lines.append(
+            f"  last epoch {int(last['epoch'])}: loss {last['loss']:.4f}, "
+            f"accuracy {last['accuracy']:.4f}, "
+            f"val_loss {last['val_loss']:.4f}, val_accuracy {last['val_accuracy']:.4f}"
+        )
+    lines.append("test split: " + metrics_module.summary(result.metrics))
+    lines.append(f"model: {result.model_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""When ranks fail: each rank's error report, the driver's one-line diagnosis, and the Horovod launch
+that turns a failure into an error instead of a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skinspark.errors import JobError, typed_line
+from skinspark.manifest import write_json_atomic
+
+if TYPE_CHECKING:
+    from skinspark.train.worker import RankPlan
+
+ERRORS = "_errors"  # MODEL_DIR/_errors/rank-N.json: each failed rank's error and traceback
+
+
+class TrainError(JobError):
+    """Training failed: a rank's error (the message says which rank and why) or a start timeout."""
+
+
+class TrainInputError(TrainError):
+    """Training cannot start: unusable input table or an output directory that holds another run."""
+
+
+_HOROVOD_PER_RANK = (
+    "HOROVOD_RANK",
+    "HOROVOD_SIZE",
+    "HOROVOD_LOCAL_",
+    "HOROVOD_CROSS_",
+    "HOROVOD_GLOO_",
+    "HOROVOD_HOSTNAME",
+    "HOROVOD_CONTROLLER",
+)
+
+
+def rank_environment(cycle_time_ms: float, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables the driver hands to every rank.
+
+    HOROVOD_CYCLE_TIME is `cycle_time_ms`; Horovod's other tuning knobs (HOROVOD_FUSION_THRESHOLD,
+    ...) and an explicit HOROVOD_CYCLE_TIME in `environ` pass through, since horovod.spark.run passes
+    only the variables it is given. A rank's identity and rendezvous variables are Horovod's to set.
+    """
+    env = {
+        "TF_CPP_MIN_LOG_LEVEL": environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "PYTHONUNBUFFERED": "1",  # ranks' output reaches the driver's log as it happens
+        "HOROVOD_CYCLE_TIME": f"{cycle_time_ms:g}",
+    }
+    env.update(
+        {
+            key: value
+            for key, value in environ.items()
+            if key.startswith("HOROVOD_") and not key.startswith(_HOROVOD_PER_RANK)
+        }
+    )
+    return env
+
+
+def run_ranks(
+    plan: RankPlan, num_proc: int, start_timeout_s: int, error_dir: Path, cycle_time_ms: float
+) -> list[dict]:
+    """Run `train_worker` on `num_proc` Horovod ranks (Spark tasks); results in rank order.
+
+    `cycle_time_ms` becomes the ranks' HOROVOD_CYCLE_TIME unless the job's environment sets one
+    (`rank_environment`).
+
+    Raises:
+        TrainError: a rank failed (with that rank's error) or the ranks did not all start in time.
+    """
+    import horovod.spark
+
+    from skinspark.train.worker import train_worker
+
+    env = rank_environment(cycle_time_ms, os.environ)
+    try:
+        # Horovod: one Spark task per rank, Gloo for the collectives (no MPI needed).
+        return horovod.spark.run(
+            train_worker,
+            kwargs={"plan": plan},
+            num_proc=num_proc,
+            start_timeout=start_timeout_s,
+            use_gloo=True,
+            env=env,
+            # Horovod starts ranks with the driver's interpreter unless told otherwise; on a cluster with
+            # a shipped environment (spark.pyspark.python=./environment/bin/python) that path may not
+            # exist on the executors.
+            executable=os.environ.get("PYSPARK_PYTHON") or sys.executable,
+            verbose=1,
+        )
+    except Exception as error:  # Horovod raises plain Exceptions (RuntimeError, timeouts, Spark errors)
+        raise TrainError(describe_failure(error, error_dir, num_proc, start_timeout_s)) from error
+
+
+def describe_failure(error: BaseException, error_dir: Path, num_proc: int, start_timeout_s: int) -> str:
+    """One line naming the rank that failed first and its error, from the ranks' error files."""
+    reports = []
+    for path in sorted(Path(error_dir).glob("rank-*.json")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    # Horovod names the first rank process that exited ("Process name: 1\nExit code: 137").
+    exited = re.search(r"Process name: (\S+)\s+Exit code: (\S+)", str(error))
+    if reports:
+        # A failing rank takes the others down with it (their collectives break): the root cause is
+        # the report written first.
+        reports.sort(key=lambda report: report["time"])
+        first = reports[0]
+        reported = {str(report["rank"]) for report in reports}
+        if exited and exited.group(1) not in reported and exited.group(2) != "1":
+            # A rank killed outright (out of memory: exit code 137, or its executor lost) writes no report,
+            # and Horovod saw it go first: it is the cause. (Ranks that stop on their own exit with 1.) The
+            # others only report what its disappearance did to them ("Horovod has been shut down. ...").
+            return (
+                f"training failed: rank {exited.group(1)} exited first without reporting an error (exit code "
+                f"{exited.group(2)}: killed, or its executor lost? see the executor's log); then "
+                f"{len(reports)} other rank(s) failed, first rank {first['rank']}: "
+                + first["error"].split(". ")[0]
+            )
+        others = f" ({len(reports) - 1} other rank(s) failed after it)" if len(reports) > 1 else ""
+        # A rank that reported its error may still not have been the first to exit.
+        killed = (
+            f"; rank {exited.group(1)} exited first (exit code {exited.group(2)})"
+            if exited and exited.group(1) != str(first["rank"])
+            else ""
+        )
+        return f"training failed on rank {first['rank']}: {first['error']}{others}{killed}"
+    if exited:
+        return (
+            f"training failed: rank {exited.group(1)} exited with code {exited.group(2)} without "
+            "reporting an error (killed? see the executor's log)"
+        )
+    message = typed_line(error)
+    if "Timed out" in message:
+        return (
+            f"the {num_proc} Horovod ranks did not all start within {start_timeout_s} s: the Spark "
+            f"application needs {num_proc} free task slots (set --num-proc or start_timeout_s)"
+        )
+    return f"training failed: {message}"
+
+
+def report_error(error_dir: str, rank: int, error: BaseException) -> None:
+    """Leave this rank's error where the driver looks for it (best effort: never masks the error)."""
+    try:
+        directory = Path(error_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        report = {
+            "rank": rank,
+            "time": time.time(),
+            "error": typed_line(error),
+            "traceback": "".join(traceback.format_exception(error)),
+        }
+        write_json_atomic(directory / f"rank-{rank}.json", report)
+    except Exception:  # noqa: BLE001 - reporting must not replace the real error
+        pass

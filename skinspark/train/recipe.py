@@ -1,0 +1,85 @@
+"""The training recipe's settings: each checked before any work, and the class weights of the loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from skinspark import schema
+from skinspark.config import TrainConfig
+from skinspark.model import MODELS
+
+CLASS_WEIGHT_MODES = ("balanced", "none")
+# How gradients travel between ranks: as they are, or as float16 (Horovod's Compression.fp16).
+GRADIENT_COMPRESSIONS = ("none", "fp16")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise ValueError naming the first invalid training setting."""
+    checks = [
+        (config.model in MODELS, f"model must be one of {sorted(MODELS)}, got {config.model!r}"),
+        (config.epochs >= 1, f"epochs must be at least 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"batch_size must be at least 1, got {config.batch_size}"),
+        (config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}"),
+        (config.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {config.warmup_epochs}"),
+        (
+            config.class_weight in CLASS_WEIGHT_MODES,
+            f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {config.class_weight!r}",
+        ),
+        (config.num_proc >= 0, f"num_proc must be >= 0 (0: all task slots), got {config.num_proc}"),
+        (config.shuffle_buffer >= 1, f"shuffle_buffer must be at least 1, got {config.shuffle_buffer}"),
+        (config.stall_timeout_s >= 1, f"stall_timeout_s must be at least 1, got {config.stall_timeout_s}"),
+        (config.workers_per_rank >= 1, f"workers_per_rank must be at least 1, got {config.workers_per_rank}"),
+        (config.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {config.keep_checkpoints}"),
+        (
+            config.horovod_cycle_time_ms > 0,
+            f"horovod_cycle_time_ms must be positive, got {config.horovod_cycle_time_ms}",
+        ),
+        (
+            config.gradient_compression in GRADIENT_COMPRESSIONS,
+            f"gradient_compression must be one of {GRADIENT_COMPRESSIONS}, "
+            f"got {config.gradient_compression!r}",
+        ),
+        (
+            0 < config.reduce_lr_factor < 1,
+            f"reduce_lr_factor must be in (0, 1), got {config.reduce_lr_factor}",
+        ),
+        (0 <= config.dropout < 1, f"dropout must be in [0, 1), got {config.dropout}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int, float] | None:
+    """Per-class loss weights from the train split's class counts.
+
+    "balanced" is scikit-learn's `compute_class_weight('balanced')`: n_samples / (n_classes * count),
+    over the classes present; classes absent from the split get 1.0. "none" returns None.
+
+    Args:
+        counts: {label: images} for the train split (labels of schema.LABELS).
+        mode: "balanced" or "none".
+
+    Returns:
+        {label index: weight} for every label, or None.
+
+    Raises:
+        ValueError: an unknown mode or label, a negative count, or no images at all.
+    """
+    if mode not in CLASS_WEIGHT_MODES:
+        raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {mode!r}")
+    unknown = set(counts) - set(schema.LABELS)
+    if unknown:
+        raise ValueError(f"unknown labels in class counts: {sorted(unknown)}")
+    if any(int(count) < 0 for count in counts.values()):
+        raise ValueError(f"class counts must be >= 0, got {dict(counts)}")
+    if mode == "none":
+        return None
+    present = {label: int(count) for label, count in counts.items() if int(count) > 0}
+    if not present:
+        raise ValueError("no images in the class counts")
+    total = sum(present.values())
+    return {
+        index: total / (len(present) * present[label]) if label in present else 1.0
+        for index, label in enumerate(schema.LABELS)
+    }

@@ -1,0 +1,351 @@
+"""What every Horovod rank runs: the plan it receives, the Keras fit on its Petastorm shard, the
+per-epoch log and checkpoint, and the watchdog that ends a rank which can no longer finish.
+
+Everything here runs inside the rank processes; `train_worker` is imported by reference there, so it
+stays a top-level function of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import tensorflow as tf
+
+from skinspark import schema
+from skinspark.config import TrainConfig
+from skinspark.model import build_model
+from skinspark.train.checkpoints import CHECKPOINTS, restore_checkpoint, write_checkpoint
+from skinspark.train.data import (
+    EVAL_BATCH_SIZE,
+    open_train_reader,
+    quiet_petastorm,
+    read_split,
+    training_dataset,
+)
+from skinspark.train.failures import ERRORS, report_error
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "seconds",
+    "images_per_second",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankPlan:
+    """Everything a rank needs, as plain values: the driver builds it, every rank receives it pickled."""
+
+    train_url: str
+    val_url: str
+    checkpoint_dir: str
+    error_dir: str
+    model_name: str
+    input_shape: tuple[int, int, int]
+    dropout: float
+    epochs: int
+    initial_epoch: int
+    resume_dir: str | None
+    previous_history: list[dict]
+    steps_per_epoch: int
+    batch_size: int
+    learning_rate: float
+    warmup_epochs: int
+    reduce_lr_patience: int
+    reduce_lr_factor: float
+    min_learning_rate: float
+    class_weight: dict[int, float] | None
+    augment: bool
+    shuffle_buffer: int
+    seed: int
+    task_cpus: int
+    reader_workers: int
+    keep_checkpoints: int
+    gradient_compression: str
+    stall_timeout_s: float
+
+    @classmethod
+    def build(cls, config: TrainConfig, data_url: str, model_dir: Path, **run) -> RankPlan:
+        """The plan of a run: the recipe from `config`, the splits under `data_url`, checkpoints and
+        error reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
+        previous_history, resume_dir, steps_per_epoch, class_weight, task_cpus)."""
+        return cls(
+            train_url=f"{data_url}/split=train",
+            val_url=f"{data_url}/split=val",
+            checkpoint_dir=str(model_dir / CHECKPOINTS),
+            error_dir=str(model_dir / ERRORS),
+            model_name=config.model,
+            dropout=config.dropout,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_epochs=config.warmup_epochs,
+            reduce_lr_patience=config.reduce_lr_patience,
+            reduce_lr_factor=config.reduce_lr_factor,
+            min_learning_rate=config.min_learning_rate,
+            augment=config.augment,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+            reader_workers=config.workers_per_rank,
+            keep_checkpoints=config.keep_checkpoints,
+            gradient_compression=config.gradient_compression,
+            stall_timeout_s=config.stall_timeout_s,
+            **run,
+        )
+
+
+def train_worker(plan: RankPlan) -> dict:
+    """Train on one Horovod rank, as `plan` says. Runs in every rank's process.
+
+    Returns:
+        {"rank", "size", "batches", "sharding"}; rank 0 adds "history" (all epochs, including those
+        of a resumed run) and "weights" (the final model weights as NumPy arrays).
+
+    Raises:
+        Whatever stopped this rank, after writing `error_dir/rank-<r>.json` for the driver.
+    """
+    import horovod.tensorflow.keras as hvd
+
+    launched = "HOROVOD_RANK" in os.environ  # inside a Horovod rank process, not called directly
+    rank = int(os.environ.get("HOROVOD_RANK", "0"))
+    watchdog = None
+    try:
+        # Horovod: initialise; from here rank() and size() are known.
+        hvd.init()
+        rank = hvd.rank()
+        if launched:
+            watchdog = Watchdog(plan.error_dir, rank, plan.stall_timeout_s)
+        return _train_rank(hvd, watchdog, plan)
+    except BaseException as error:
+        report_error(plan.error_dir, rank, error)
+        if launched:
+            # A failed rank can leave threads that never end (a Petastorm reader whose consumer stopped)
+            # and peers waiting in a collective: exit now so that the whole job ends instead of hanging.
+            traceback.print_exc()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+
+class Watchdog:
+    """Ends a rank process that can no longer finish, so that the job fails instead of hanging.
+
+    A daemon thread checks every few seconds and exits the process when another rank has reported a
+    failure (this rank would wait forever in its next collective), or when this rank has made no
+    progress (`progress()`: a finished batch) for `stall_timeout_s`: a hung input pipeline, or a peer
+    missing from a collective. Horovod's own stall shutdown does not fire with Gloo on Spark.
+    """
+
+    def __init__(self, error_dir: str, rank: int, stall_timeout_s: float, interval_s: float = 2.0):
+        self.error_dir = Path(error_dir)
+        self.rank = rank
+        self.stall_timeout_s = stall_timeout_s
+        self.interval_s = interval_s
+        self.where = "starting"
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch, name="skinspark-rank-watchdog", daemon=True).start()
+
+    def progress(self, where: str) -> None:
+        self.where = where
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        own = f"rank-{self.rank}.json"
+        while not self._stopped.wait(self.interval_s):
+            failed = sorted(path.stem for path in self.error_dir.glob("rank-*.json") if path.name != own)
+            if failed:
+                print(f"rank {self.rank}: stopping because {failed[0]} failed", file=sys.stderr, flush=True)
+                os._exit(1)
+            idle = time.monotonic() - self._last
+            if idle > self.stall_timeout_s:
+                error = TimeoutError(
+                    f"no progress for {idle:.0f} s (stall_timeout_s={self.stall_timeout_s}) after "
+                    f"{self.where}: a hung input pipeline (e.g. an empty shard) or a rank missing from a "
+                    "collective"
+                )
+                report_error(str(self.error_dir), self.rank, error)
+                print(f"rank {self.rank}: {error}", file=sys.stderr, flush=True)
+                os._exit(1)
+
+
+def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
+    rank, size = hvd.rank(), hvd.size()
+    quiet_petastorm()
+    # Horovod: a rank owns its Spark task's cores (spark.task.cpus), not the whole machine.
+    tf.config.threading.set_intra_op_parallelism_threads(plan.task_cpus)
+    tf.config.threading.set_inter_op_parallelism_threads(plan.task_cpus)
+    tf.keras.utils.set_random_seed(plan.seed + rank)
+    height, width, _ = plan.input_shape
+    progress = watchdog.progress if watchdog is not None else (lambda where: None)
+
+    validation = read_split(plan.val_url, height, width, workers=plan.reader_workers)
+    progress("reading the validation split")
+    model, optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size)
+    progress("building the model")
+    log = EpochLog(
+        images_per_epoch=plan.steps_per_epoch * plan.batch_size * size,
+        history=plan.previous_history,
+        checkpoint_dir=plan.checkpoint_dir if rank == 0 else None,
+        optimizer=optimizer,
+        keep_checkpoints=plan.keep_checkpoints,
+        progress=progress,
+    )
+    reader, sharding = open_train_reader(plan.train_url, rank, size, plan.seed, plan.reader_workers)
+    with reader:
+        shard = (rank, size) if sharding == "rows" else None
+        dataset = training_dataset(
+            reader, height, width, plan.batch_size, plan.shuffle_buffer, plan.augment, plan.seed + rank, shard
+        )
+        model.fit(
+            dataset,
+            # The dataset never ends; a fixed step count gives every rank the same number of allreduces.
+            steps_per_epoch=plan.steps_per_epoch,
+            epochs=plan.epochs,
+            initial_epoch=plan.initial_epoch,
+            validation_data=(validation["image"], validation["label"]),
+            validation_batch_size=EVAL_BATCH_SIZE,
+            class_weight=plan.class_weight,
+            callbacks=_callbacks(hvd, plan, scaled_lr, log),
+            verbose=2 if rank == 0 else 0,
+        )
+    result = {"rank": rank, "size": size, "batches": log.batches, "sharding": sharding}
+    if rank == 0:
+        result["history"] = log.history
+        result["weights"] = model.get_weights()
+    return result
+
+
+def _compiled_model(hvd, plan: RankPlan, rank: int, size: int):
+    """The model and its distributed optimizer, in rank 0's state on every rank; and the scaled rate."""
+    import horovod.tensorflow as hvd_tf
+
+    model = build_model(plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout)
+    # Horovod: scale the learning rate by the number of ranks (the global batch grows with it).
+    scaled_lr = plan.learning_rate * size
+    # Horovod: average gradients across ranks.
+    compression = hvd.Compression.fp16 if plan.gradient_compression == "fp16" else hvd.Compression.none
+    optimizer = hvd.DistributedOptimizer(
+        tf.keras.optimizers.Adam(learning_rate=scaled_lr), compression=compression
+    )
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    optimizer.build(model.trainable_variables)  # slot variables exist now: restore and broadcast reach them
+    if plan.resume_dir is not None and rank == 0:
+        # Horovod: only rank 0 reads the checkpoint; the broadcast below hands its state to the others.
+        restore_checkpoint(plan.resume_dir, model, optimizer)
+    # Horovod: every rank starts from rank 0's weights and optimizer state, before the first step (the
+    # callback in `_callbacks` broadcasts again after the first batch, as in Horovod's examples).
+    hvd_tf.broadcast_variables(model.variables + list(optimizer.variables), root_rank=0)
+    return model, optimizer, scaled_lr
+
+
+def _callbacks(hvd, plan: RankPlan, scaled_lr: float, log: EpochLog) -> list:
+    callbacks = [
+        # Horovod: broadcast initial variable states from rank 0 to all other processes.
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        # Horovod: average metrics among ranks at the end of every epoch, before anything reads them.
+        hvd.callbacks.MetricAverageCallback(),
+    ]
+    if plan.warmup_epochs > 0:
+        # Horovod: ramp the learning rate from lr to lr * size over the first epochs.
+        callbacks.append(
+            hvd.callbacks.LearningRateWarmupCallback(
+                initial_lr=scaled_lr,
+                warmup_epochs=plan.warmup_epochs,
+                steps_per_epoch=plan.steps_per_epoch,
+                verbose=0,
+            )
+        )
+    reduce_lr = tf.keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss",
+        factor=plan.reduce_lr_factor,
+        patience=plan.reduce_lr_patience,
+        min_lr=plan.min_learning_rate,
+    )
+    # Horovod: history everywhere, checkpoints on rank 0 only (the log's checkpoint_dir is None elsewhere).
+    return [*callbacks, reduce_lr, log]
+
+
+class EpochLog(tf.keras.callbacks.Callback):
+    """Per-epoch history with timings, progress for the watchdog, and (where `checkpoint_dir` is set:
+    rank 0) the epoch's checkpoint."""
+
+    def __init__(
+        self,
+        images_per_epoch: int,
+        history: list[dict],
+        checkpoint_dir: str | None,
+        optimizer,
+        keep_checkpoints: int,
+        progress,
+    ):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.history = [dict(row) for row in history]
+        self.checkpoint_dir = checkpoint_dir
+        self.optimizer = optimizer
+        self.keep_checkpoints = keep_checkpoints
+        self.progress = progress
+        self.batches = 0
+        self._epoch = 0
+        self._epoch_started = self._train_ended = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+        self._epoch_started = time.perf_counter()
+        self._train_ended = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        self.progress(f"epoch {self._epoch} batch {batch + 1}")
+
+    def on_test_begin(self, logs=None):
+        if not self._train_ended:
+            self._train_ended = time.perf_counter()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.progress(f"epoch {self._epoch} validation batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        now = time.perf_counter()
+        train_seconds = (self._train_ended or now) - self._epoch_started
+        learning_rate = logs.get("lr", tf.keras.backend.get_value(self.optimizer.learning_rate))
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(logs.get("loss", float("nan"))),
+            "accuracy": float(logs.get("accuracy", float("nan"))),
+            "val_loss": float(logs.get("val_loss", float("nan"))),
+            "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
+            "learning_rate": float(learning_rate),
+            "seconds": round(now - self._epoch_started, 3),
+            "images_per_second": round(self.images_per_epoch / max(train_seconds, 1e-9), 1),
+        }
+        self.history = [old for old in self.history if old["epoch"] < row["epoch"]] + [row]
+        if self.checkpoint_dir is not None:
+            write_checkpoint(
+                self.checkpoint_dir,
+                epoch + 1,
+                self.model,
+                self.optimizer,
+                self.history,
+                self.keep_checkpoints,
+            )
+        self.progress(f"epoch {epoch + 1}")

@@ -41,8 +41,13 @@ def read_ingest_manifest(spark: SparkSession, data_url: str) -> dict:
 def read_split(url: str, height: int, width: int, workers: int = 1) -> dict[str, np.ndarray]:
     """Read a whole (small) split with Petastorm: image (n, h, w, 3) uint8, label int32, image_id.
 
+    One worker reads synchronously (Petastorm's dummy pool: no ventilator thread to race with the
+    reader). Every row the split's Parquet footers count must arrive: a short read is an error,
+    never a smaller validation or test set.
+
     Raises:
         ImageError: (a ValueError) an image whose byte length is not height * width * 3.
+        TrainInputError: the reader returned fewer or more rows than the split holds.
     """
     from petastorm import make_batch_reader
 
@@ -53,19 +58,24 @@ def read_split(url: str, height: int, width: int, workers: int = 1) -> dict[str,
         schema_fields=[schema.IMAGE_ID, schema.LABEL, schema.IMAGE],
         num_epochs=1,
         shuffle_row_groups=False,
+        reader_pool_type="thread" if workers > 1 else "dummy",
         workers_count=workers,
     ) as reader:
+        expected = sum(piece.get_metadata().num_rows for piece in reader.dataset.pieces)
         for batch in reader:
             images.append(stored_batch(list(getattr(batch, schema.IMAGE)), height, width))
             labels.append(np.asarray(getattr(batch, schema.LABEL), dtype=np.int32))
             ids.append(np.asarray(getattr(batch, schema.IMAGE_ID), dtype=object))
+    read = sum(len(batch) for batch in ids)
+    if read != expected:
+        raise TrainInputError(f"Petastorm read {read} rows of {url}, whose Parquet files hold {expected}")
     if not images:
         return {
             "image": np.zeros((0, height, width, 3), np.uint8),
             "label": np.zeros(0, np.int32),
             "image_id": np.zeros(0, object),
         }
-    # Sort by image_id: the reader's batch order depends on its threads.
+    # Sort by image_id: with several reader threads the batch order is not fixed.
     order = np.argsort(np.concatenate(ids), kind="stable")
     return {
         "image": np.concatenate(images)[order],

@@ -2,7 +2,10 @@
 
 Everything is computed with scikit-learn from integer labels and predicted probabilities. The
 dataset is imbalanced (nv is two thirds of HAM10000), so balanced accuracy (mean per-class recall,
-the ISIC 2018 Task 3 metric) and macro F1 are reported beside plain accuracy.
+the ISIC 2018 Task 3 metric) and macro F1 are reported beside plain accuracy, and with them what a
+dermatology reader asks next: per-class one-vs-rest ROC AUC and average precision, melanoma
+sensitivity and specificity (at the arg-max and at a threshold fixed on the validation split), and
+calibration (expected calibration error over equal-width confidence bins, with a reliability diagram).
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ from sklearn import metrics as skm
 
 from skinspark import schema
 
+MELANOMA = "mel"
+TARGET_SENSITIVITY = 0.80  # the melanoma operating point fixed on the validation split
+CALIBRATION_BINS = 15
+
 
 def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
     y_prob: np.ndarray,
     labels: Sequence[str] = schema.LABELS,
+    melanoma_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of predicted class probabilities against true label indices.
 
@@ -35,7 +43,10 @@ def classification_metrics(
         present in y_true), `macro_f1` (over the classes present in y_true or predicted), `loss`
         (categorical cross-entropy), `per_class` ({label: precision, recall, f1, support} for every
         label; 0.0 where undefined), `confusion_matrix` (rows true, columns predicted, every label)
-        and `labels`.
+        and `labels`; `roc_auc` and `average_precision` ({label: one-vs-rest value, None for a label
+        absent from y_true or present everywhere}), `macro_auc` (mean over the defined ones),
+        `melanoma` (sensitivity and specificity at the arg-max, and at `melanoma_threshold` on
+        P(mel) when given; see `melanoma_threshold`) and `calibration` (`calibration`'s output).
 
     Raises:
         ValueError: empty input, mismatched lengths, a wrong probability width or a label index out of range.
@@ -74,7 +85,106 @@ def classification_metrics(
         },
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=indices).tolist(),
         "labels": list(labels),
+        **ranking_metrics(y_true, probabilities, labels),
+        "melanoma": (
+            melanoma_metrics(y_true, probabilities, labels, melanoma_threshold)
+            if MELANOMA in labels
+            else None
+        ),
+        "calibration": calibration(y_true, probabilities),
     }
+
+
+def ranking_metrics(y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """One-vs-rest ROC AUC and average precision per label, and their macro means (scikit-learn)."""
+    auc, precision = {}, {}
+    for index, label in enumerate(labels):
+        positive = y_true == index
+        defined = 0 < positive.sum() < positive.size
+        auc[label] = float(skm.roc_auc_score(positive, y_prob[:, index])) if defined else None
+        precision[label] = float(skm.average_precision_score(positive, y_prob[:, index])) if defined else None
+    defined_auc = [value for value in auc.values() if value is not None]
+    defined_ap = [value for value in precision.values() if value is not None]
+    return {
+        "roc_auc": auc,
+        "average_precision": precision,
+        "macro_auc": float(np.mean(defined_auc)) if defined_auc else None,
+        "macro_average_precision": float(np.mean(defined_ap)) if defined_ap else None,
+    }
+
+
+def melanoma_threshold(
+    y_true: Sequence[int] | np.ndarray,
+    y_prob: np.ndarray,
+    labels: Sequence[str] = schema.LABELS,
+    sensitivity: float = TARGET_SENSITIVITY,
+) -> float | None:
+    """The highest threshold on P(mel) whose melanoma sensitivity is at least `sensitivity` (from
+    scikit-learn's ROC curve), fixed on a validation split and then applied to test or scored data;
+    None when the split holds no melanoma or no other image."""
+    y_true = np.asarray(y_true).reshape(-1)
+    if MELANOMA not in labels:
+        return None
+    positive = y_true == list(labels).index(MELANOMA)
+    if not 0 < positive.sum() < positive.size:
+        return None
+    _, true_positive_rate, thresholds = skm.roc_curve(
+        positive, np.asarray(y_prob)[:, list(labels).index(MELANOMA)]
+    )
+    reached = np.flatnonzero(true_positive_rate >= sensitivity)
+    return float(min(thresholds[reached[0]], 1.0))
+
+
+def melanoma_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], threshold: float | None
+) -> dict[str, Any]:
+    """Melanoma against the rest: sensitivity and specificity at the arg-max, and at `threshold` on
+    P(mel) (flagged when P(mel) >= threshold) when one is given."""
+    index = list(labels).index(MELANOMA)
+    positive = y_true == index
+    result = {"at_argmax": _sensitivity_specificity(positive, y_prob.argmax(axis=1) == index)}
+    if threshold is not None:
+        flagged = y_prob[:, index] >= threshold
+        result["at_threshold"] = {
+            "threshold": float(threshold),
+            **_sensitivity_specificity(positive, flagged),
+        }
+    return result
+
+
+def _sensitivity_specificity(positive: np.ndarray, flagged: np.ndarray) -> dict[str, float | None]:
+    positives, negatives = int(positive.sum()), int((~positive).sum())
+    return {
+        "sensitivity": float((flagged & positive).sum() / positives) if positives else None,
+        "specificity": float((~flagged & ~positive).sum() / negatives) if negatives else None,
+    }
+
+
+def calibration(y_true: np.ndarray, y_prob: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Expected calibration error of the top-class confidence over `bins` equal-width bins: the
+    share-weighted gap between each bin's mean confidence and its accuracy (0 is perfect: a confidence
+    of 0.9 is right 90 % of the time). Returns `ece`, `bins` and the non-empty bins' figures."""
+    confidence = y_prob.max(axis=1)
+    correct = y_prob.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for index in range(bins):
+        members = which == index
+        if not members.any():
+            continue
+        mean_confidence, accuracy = float(confidence[members].mean()), float(correct[members].mean())
+        ece += members.mean() * abs(mean_confidence - accuracy)
+        rows.append(
+            {
+                "lower": float(edges[index]),
+                "upper": float(edges[index + 1]),
+                "images": int(members.sum()),
+                "confidence": mean_confidence,
+                "accuracy": accuracy,
+            }
+        )
+    return {"ece": float(ece), "bins": bins, "reliability": rows}
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -85,12 +195,56 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(recalls))
 
 
+def baselines(y_true: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """What a model must beat on these labels: chance (1 / classes present) for balanced accuracy, and
+    always predicting the most common class (its accuracy; its balanced accuracy is chance too)."""
+    y_true = np.asarray(y_true).reshape(-1)
+    counts = np.bincount(y_true)
+    return {
+        "chance_balanced_accuracy": 1.0 / int((counts > 0).sum()),
+        "majority_accuracy": counts.max() / y_true.size,
+    }
+
+
+def against_baselines(metrics: dict[str, Any]) -> str:
+    """One line that puts the balanced accuracy next to chance and the majority-class baseline."""
+    figures = metrics["baselines"]
+    return (
+        f"balanced accuracy {metrics['balanced_accuracy']:.3f} against chance "
+        f"{figures['chance_balanced_accuracy']:.3f} (1/{round(1 / figures['chance_balanced_accuracy'])}); "
+        f"always predicting the majority class: accuracy {figures['majority_accuracy']:.3f}, balanced "
+        f"accuracy {figures['chance_balanced_accuracy']:.3f}; this model: accuracy {metrics['accuracy']:.3f}"
+    )
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The figures a clinician reads first, on one line: macro AUC, melanoma sensitivity and
+    specificity, and the expected calibration error."""
+    parts = []
+    if metrics.get("macro_auc") is not None:
+        parts.append(f"macro AUC {metrics['macro_auc']:.3f}")
+    melanoma = metrics.get("melanoma") or {}
+    point = melanoma.get("at_threshold") or melanoma.get("at_argmax")
+    if point and point["sensitivity"] is not None:
+        where = f"P(mel) >= {point['threshold']:.3f}" if "threshold" in point else "arg-max"
+        specificity = point["specificity"]
+        parts.append(
+            f"melanoma sensitivity {point['sensitivity']:.3f}, specificity "
+            + (f"{specificity:.3f}" if specificity is not None else "n/a")
+            + f" ({where})"
+        )
+    if "calibration" in metrics:
+        parts.append(f"ECE {metrics['calibration']['ece']:.3f}")
+    return "; ".join(parts)
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """A one-screen, human-readable table of `classification_metrics` output."""
     lines = [
         f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, "
         f"balanced accuracy {metrics['balanced_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
         f"loss {metrics['loss']:.4f}",
+        f"  {headline(metrics)}",
         f"  {'class':<6} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
     ]
     for label, row in metrics["per_class"].items():
@@ -151,6 +305,41 @@ def plot_training_curves(history_df: pd.DataFrame, path: str | Path) -> None:
         axes.set_title(f"Model {metric}")
         axes.grid(alpha=0.3)
         axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_reliability_diagram(calibration_figures: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """Save `calibration`'s bins as a reliability diagram: accuracy against mean confidence per bin,
+    the diagonal being perfect calibration, with the ECE in the title."""
+    plt = _pyplot()
+    rows = calibration_figures["reliability"]
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    width = 1.0 / calibration_figures["bins"]
+    axes.bar(
+        [row["lower"] for row in rows],
+        [row["accuracy"] for row in rows],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy",
+    )
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axes.plot(
+        [row["confidence"] for row in rows],
+        [row["accuracy"] for row in rows],
+        marker="o",
+        color="C1",
+        label="mean confidence",
+    )
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence (top-class probability)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"{title + ': ' if title else ''}ECE {calibration_figures['ece']:.3f}")
+    axes.legend(loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -36,6 +36,7 @@ MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
 PREPROCESSING_FILE = "preprocessing.json"
 INGEST_MANIFEST_FILE = "ingest_manifest.json"
+METRICS_FILE = "metrics.json"  # the test split's metrics, written by training
 MODEL_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESSING_FILE)  # what decides predictions: model_id hashes these
 PIXEL_SCALING = "model: Rescaling(1/255)"
 _SPARKFILES = "sparkfiles:"
@@ -159,6 +160,16 @@ def read_model_spec(model_dir: str) -> dict:
         raise ModelDirError(f"preprocessing.json in {model_dir} asks for what scoring cannot do: {spec}")
     spec.update(height=height, width=width, channels=channels, decoder=decoder)
     return spec
+
+
+def melanoma_threshold_of(model_dir: str) -> float | None:
+    """The melanoma threshold training fixed on its validation split (`metrics.json`), or None when
+    the directory records none (an older model, or a validation split without melanoma)."""
+    try:
+        metrics = json.loads((Path(local_path(model_dir)) / METRICS_FILE).read_text())
+        return float(metrics["melanoma"]["at_threshold"]["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def model_id(model_dir: str) -> str:

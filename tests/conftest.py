@@ -46,6 +46,7 @@ def model_artifacts() -> set[str]:
         "test_predictions.csv",
         "training_curves.png",
         "confusion_matrix.png",
+        "reliability_diagram.png",
         "_manifest.json",
         "checkpoints",
     }

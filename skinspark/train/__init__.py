@@ -43,7 +43,7 @@ from pyspark.sql import SparkSession
 
 from skinspark import schema, session, storage
 from skinspark.config import TrainConfig
-from skinspark.metrics import classification_metrics
+from skinspark.metrics import baselines, classification_metrics, melanoma_threshold
 from skinspark.model import build_model
 from skinspark.model_dir import local_path
 from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
@@ -61,7 +61,7 @@ from skinspark.train.recipe import CLASS_WEIGHT_MODES, class_weights, validate_c
 from skinspark.train.worker import HISTORY_COLUMNS, RankPlan
 from skinspark.versions import package_versions
 
-TEST_SUMMARY_KEYS = ("images", "accuracy", "balanced_accuracy", "macro_f1", "loss")
+TEST_SUMMARY_KEYS = ("images", "accuracy", "balanced_accuracy", "macro_f1", "loss", "macro_auc", "baselines")
 
 __all__ = [
     "CLASS_WEIGHT_MODES",
@@ -186,9 +186,14 @@ def _finish(
 ) -> TrainResult:
     """Evaluate on the test split, then write the model directory with its manifest."""
     height, width = run["input_shape"][0], run["input_shape"][1]
+    # The melanoma operating point is fixed on the validation split, then reported on the test split.
+    validation = read_split(f"{data_url}/split=val", height, width, workers=config.workers_per_rank)
+    validation_probabilities = model.predict(validation["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+    threshold = melanoma_threshold(validation["label"], validation_probabilities)
     test = read_split(f"{data_url}/split=test", height, width, workers=config.workers_per_rank)
     probabilities = model.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
-    test_metrics = classification_metrics(test["label"], probabilities)
+    test_metrics = classification_metrics(test["label"], probabilities, melanoma_threshold=threshold)
+    test_metrics["baselines"] = baselines(test["label"])
     trained = history[history["epoch"] > run["initial_epoch"]]
     weights = run["class_weight"] or {}
     manifest = {

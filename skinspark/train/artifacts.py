@@ -68,6 +68,9 @@ def write_outputs(
         metrics_module.plot_confusion_matrix(
             test_metrics["confusion_matrix"], test_metrics["labels"], staging / "confusion_matrix.png"
         )
+        metrics_module.plot_reliability_diagram(
+            test_metrics["calibration"], staging / "reliability_diagram.png", "test split"
+        )
         for path in sorted(staging.iterdir()):
             os.replace(path, directory / path.name)
     write_json_atomic(directory / MANIFEST_FILE, manifest)
@@ -92,5 +95,6 @@ def summary(result: TrainResult) -> str:
             f"val_loss {last['val_loss']:.4f}, val_accuracy {last['val_accuracy']:.4f}"
         )
     lines.append("test split: " + metrics_module.summary(result.metrics))
+    lines.append("  " + metrics_module.against_baselines(result.metrics))
     lines.append(f"model: {result.model_dir}")
     return "\n".join(lines)

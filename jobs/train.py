@@ -39,7 +39,7 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="architecture (default paper_cnn)")
     parser.add_argument(
         "--class-weight",
-        choices=["balanced", "none"],
+        choices=["balanced", "sqrt", "none"],
         help="per-class loss weights from the train split's counts (default balanced)",
     )
     parser.add_argument(

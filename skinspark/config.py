@@ -49,9 +49,12 @@ class TrainConfig:
     model: str = "paper_cnn"
     epochs: int = 25  # the paper's
     batch_size: int = 32  # per rank
-    learning_rate: float = 0.001  # Adam's default, scaled by the number of ranks
-    warmup_epochs: int = 1  # ramp the scaled learning rate up over this many epochs
-    class_weight: str = "balanced"  # "balanced" or "none"
+    learning_rate: float = 0.0003  # per rank, scaled by the number of ranks (0.002 on 2 ranks stalls)
+    warmup_epochs: int = 1  # ramp the scaled learning rate up over this many epochs (if warmup_steps is 0)
+    warmup_steps: int = 100  # ramp it up over this many optimizer steps instead (wins when > 0)
+    class_weight: str = "balanced"  # "balanced", "sqrt" (its square root) or "none"
+    label_smoothing: float = 0.0  # share of each one-hot target spread over the other classes
+    clip_norm: float = 0.0  # clip each step's gradient to this global L2 norm; 0: no clipping
     augment: bool = True  # random horizontal and vertical flips
     reduce_lr_patience: int = 3  # ReduceLROnPlateau on validation loss
     reduce_lr_factor: float = 0.5

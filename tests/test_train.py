@@ -116,6 +116,30 @@ def test_class_weights_follow_sklearn_balanced():
         class_weights({"nv": 0}, "balanced")
 
 
+def test_sqrt_class_weights_are_gentler_and_keep_the_weighted_count():
+    counts = {"akiec": 10, "bcc": 0, "bkl": 30, "df": 5, "mel": 5, "nv": 50, "vasc": 0}
+    balanced, gentle = class_weights(counts, "balanced"), class_weights(counts, "sqrt")
+    nv, df = schema.LABEL_INDEX["nv"], schema.LABEL_INDEX["df"]
+    assert gentle[df] / gentle[nv] == pytest.approx(np.sqrt(balanced[df] / balanced[nv]))  # 10x -> 3.16x
+    weighted = sum(counts[label] * gentle[index] for index, label in enumerate(schema.LABELS))
+    assert weighted == pytest.approx(sum(counts.values()))  # the loss keeps its scale
+    assert gentle[schema.LABEL_INDEX["bcc"]] == 1.0
+
+
+def test_new_recipe_settings_are_checked():
+    from skinspark.config import TrainConfig
+    from skinspark.train import validate_config
+
+    validate_config(TrainConfig(warmup_steps=100, label_smoothing=0.1, clip_norm=1.0, class_weight="sqrt"))
+    for bad, message in (
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"clip_norm": -0.5}, "clip_norm"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            validate_config(TrainConfig(**bad))
+
+
 def test_classification_metrics_against_hand_computed_values():
     labels = ("a", "b", "c", "d")  # "d" never occurs and is never predicted
     y_true = [0, 0, 1, 1, 1, 2]
@@ -146,7 +170,8 @@ def test_classification_metrics_against_hand_computed_values():
     assert metrics["labels"] == list(labels)
     json.dumps(metrics)  # JSON-ready
     text = summary(metrics)
-    assert "accuracy 0.6667" in text and "balanced accuracy 0.7222" in text and len(text.splitlines()) == 6
+    assert "accuracy 0.6667" in text and "balanced accuracy 0.7222" in text and len(text.splitlines()) == 7
+    assert "macro AUC" in text.splitlines()[1] and metrics["melanoma"] is None  # no "mel" among a..d
     with pytest.raises(ValueError, match="shape"):
         classification_metrics([0, 1], y_prob, labels)
     with pytest.raises(ValueError, match="no examples"):
@@ -300,6 +325,12 @@ def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
     assert sum(row["support"] for row in metrics["per_class"].values()) == test_images
     assert np.array(metrics["confusion_matrix"]).shape == (7, 7)
     assert np.array(metrics["confusion_matrix"]).sum() == test_images
+    assert set(metrics["roc_auc"]) == set(schema.LABELS) and metrics["calibration"]["bins"] == 15
+    assert 0.0 <= metrics["calibration"]["ece"] <= 1.0 and "at_argmax" in metrics["melanoma"]
+    assert metrics["baselines"]["chance_balanced_accuracy"] == pytest.approx(
+        1 / sum(1 for row in metrics["per_class"].values() if row["support"])
+    )
+    assert "against chance" in out and "majority class" in out
 
     history = pd.read_csv(model_dir / "history.csv")
     assert list(history.columns) == [
@@ -314,8 +345,9 @@ def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
     ]
     assert history["epoch"].tolist() == [1, 2]
     assert history[["loss", "val_loss"]].gt(0).all().all() and history["images_per_second"].gt(0).all()
-    # The learning rate was scaled by 2 ranks and warmed up over the first epoch (lr x 2 at its end).
-    assert history["learning_rate"].iloc[0] == pytest.approx(0.002)
+    # The learning rate is scaled by 2 ranks and warmed up over the first 100 steps, from lr to lr x 2:
+    # the first epoch's last step ran at lr + lr * (steps - 1) / 100.
+    assert history["learning_rate"].iloc[0] == pytest.approx(0.0003 + 0.0003 * (steps - 1) / 100)
 
     # The saved model predicts exactly what the in-memory model predicted for the test split.
     from skinspark.model import build_model

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from skinspark import schema
 from skinspark.config import TrainConfig
 from skinspark.model import MODELS
 
-CLASS_WEIGHT_MODES = ("balanced", "none")
+CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
 # How gradients travel between ranks: as they are, or as float16 (Horovod's Compression.fp16).
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 
@@ -21,6 +22,12 @@ def validate_config(config: TrainConfig) -> None:
         (config.batch_size >= 1, f"batch_size must be at least 1, got {config.batch_size}"),
         (config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}"),
         (config.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {config.warmup_epochs}"),
+        (config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}"),
+        (
+            0 <= config.label_smoothing < 1,
+            f"label_smoothing must be in [0, 1), got {config.label_smoothing}",
+        ),
+        (config.clip_norm >= 0, f"clip_norm must be >= 0 (0: no clipping), got {config.clip_norm}"),
         (
             config.class_weight in CLASS_WEIGHT_MODES,
             f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {config.class_weight!r}",
@@ -54,11 +61,13 @@ def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int
     """Per-class loss weights from the train split's class counts.
 
     "balanced" is scikit-learn's `compute_class_weight('balanced')`: n_samples / (n_classes * count),
-    over the classes present; classes absent from the split get 1.0. "none" returns None.
+    over the classes present; classes absent from the split get 1.0. "sqrt" takes the square root of
+    those weights and rescales them so that the weighted count of the split stays n_samples (HAM10000's
+    range of 0.2-12 becomes about 0.5-4). "none" returns None.
 
     Args:
         counts: {label: images} for the train split (labels of schema.LABELS).
-        mode: "balanced" or "none".
+        mode: "balanced", "sqrt" or "none".
 
     Returns:
         {label index: weight} for every label, or None.
@@ -79,7 +88,9 @@ def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int
     if not present:
         raise ValueError("no images in the class counts")
     total = sum(present.values())
-    return {
-        index: total / (len(present) * present[label]) if label in present else 1.0
-        for index, label in enumerate(schema.LABELS)
-    }
+    balanced = {label: total / (len(present) * count) for label, count in present.items()}
+    if mode == "sqrt":
+        roots = {label: math.sqrt(weight) for label, weight in balanced.items()}
+        scale = total / sum(present[label] * root for label, root in roots.items())
+        balanced = {label: root * scale for label, root in roots.items()}
+    return {index: balanced.get(label, 1.0) for index, label in enumerate(schema.LABELS)}

@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from skinspark import schema
@@ -61,6 +62,9 @@ class RankPlan:
     batch_size: int
     learning_rate: float
     warmup_epochs: int
+    warmup_steps: int
+    label_smoothing: float
+    clip_norm: float
     reduce_lr_patience: int
     reduce_lr_factor: float
     min_learning_rate: float
@@ -90,6 +94,9 @@ class RankPlan:
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             warmup_epochs=config.warmup_epochs,
+            warmup_steps=config.warmup_steps,
+            label_smoothing=config.label_smoothing,
+            clip_norm=config.clip_norm,
             reduce_lr_patience=config.reduce_lr_patience,
             reduce_lr_factor=config.reduce_lr_factor,
             min_learning_rate=config.min_learning_rate,
@@ -214,13 +221,15 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
         dataset = training_dataset(
             reader, height, width, plan.batch_size, plan.shuffle_buffer, plan.augment, plan.seed + rank, shard
         )
+        if plan.label_smoothing > 0:  # smoothing needs one-hot targets (class weights still apply)
+            dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, schema.NUM_CLASSES)))
         model.fit(
             dataset,
             # The dataset never ends; a fixed step count gives every rank the same number of allreduces.
             steps_per_epoch=plan.steps_per_epoch,
             epochs=plan.epochs,
             initial_epoch=plan.initial_epoch,
-            validation_data=(validation["image"], validation["label"]),
+            validation_data=(validation["image"], targets(validation["label"], plan.label_smoothing)),
             validation_batch_size=EVAL_BATCH_SIZE,
             class_weight=plan.class_weight,
             callbacks=_callbacks(hvd, plan, scaled_lr, log),
@@ -242,10 +251,11 @@ def _compiled_model(hvd, plan: RankPlan, rank: int, size: int):
     scaled_lr = plan.learning_rate * size
     # Horovod: average gradients across ranks.
     compression = hvd.Compression.fp16 if plan.gradient_compression == "fp16" else hvd.Compression.none
+    clipping = {"global_clipnorm": plan.clip_norm} if plan.clip_norm > 0 else {}
     optimizer = hvd.DistributedOptimizer(
-        tf.keras.optimizers.Adam(learning_rate=scaled_lr), compression=compression
+        tf.keras.optimizers.Adam(learning_rate=scaled_lr, **clipping), compression=compression
     )
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss=loss(plan.label_smoothing), metrics=["accuracy"])
     optimizer.build(model.trainable_variables)  # slot variables exist now: restore and broadcast reach them
     if plan.resume_dir is not None and rank == 0:
         # Horovod: only rank 0 reads the checkpoint; the broadcast below hands its state to the others.
@@ -263,7 +273,13 @@ def _callbacks(hvd, plan: RankPlan, scaled_lr: float, log: EpochLog) -> list:
         # Horovod: average metrics among ranks at the end of every epoch, before anything reads them.
         hvd.callbacks.MetricAverageCallback(),
     ]
-    if plan.warmup_epochs > 0:
+    if plan.warmup_steps > 0:
+        # Horovod: ramp the learning rate from lr to lr * size, counted in optimizer steps (an epoch of a
+        # small split can be a dozen steps, too few for Horovod's epoch-counted ramp to be gentle).
+        callbacks.append(
+            StepWarmup(scaled_lr / hvd.size(), scaled_lr, plan.warmup_steps, plan.steps_per_epoch)
+        )
+    elif plan.warmup_epochs > 0:
         # Horovod: ramp the learning rate from lr to lr * size over the first epochs.
         callbacks.append(
             hvd.callbacks.LearningRateWarmupCallback(
@@ -281,6 +297,37 @@ def _callbacks(hvd, plan: RankPlan, scaled_lr: float, log: EpochLog) -> list:
     )
     # Horovod: history everywhere, checkpoints on rank 0 only (the log's checkpoint_dir is None elsewhere).
     return [*callbacks, reduce_lr, log]
+
+
+def loss(label_smoothing: float) -> tf.keras.losses.Loss:
+    """Cross-entropy on integer labels, or on one-hot targets when smoothing them."""
+    if label_smoothing > 0:
+        return tf.keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    return tf.keras.losses.SparseCategoricalCrossentropy()
+
+
+def targets(labels: np.ndarray, label_smoothing: float) -> np.ndarray:
+    """Integer labels as the loss of `loss(label_smoothing)` takes them."""
+    return np.eye(schema.NUM_CLASSES, dtype=np.float32)[labels] if label_smoothing > 0 else labels
+
+
+class StepWarmup(tf.keras.callbacks.Callback):
+    """The learning rate ramped linearly from `start` to `end` over the first `steps` optimizer steps
+    (counted from the start of the run, so a resumed run continues the ramp where it was)."""
+
+    def __init__(self, start: float, end: float, steps: int, steps_per_epoch: int):
+        super().__init__()
+        self.start, self.end, self.steps, self.steps_per_epoch = start, end, steps, steps_per_epoch
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self._epoch * self.steps_per_epoch + batch
+        if step <= self.steps:
+            rate = self.start + (self.end - self.start) * min(1.0, step / self.steps)
+            tf.keras.backend.set_value(self.model.optimizer.learning_rate, rate)
 
 
 class EpochLog(tf.keras.callbacks.Callback):

@@ -40,6 +40,12 @@ def args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="predictions directory (Parquet)")
     parser.add_argument(
+        "--isic-csv", metavar="FILE", help="also write an ISIC 2018 Task 3 submission CSV (image,MEL,NV,...)"
+    )
+    parser.add_argument(
+        "--truth", metavar="CSV", help="evaluate against an ISIC 2018 Task 3 ground-truth CSV (one-hot)"
+    )
+    parser.add_argument(
         "--mode",
         choices=["overwrite", "resume"],
         help="overwrite: replace DIR (default); resume: score only files not already in DIR",
@@ -67,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             table=args.table,
             config_text=loaded.to_yaml(),
             progress=print,
+            isic_csv=args.isic_csv,
+            truth=args.truth,
         )
         return finish("score", result, summary(result.manifest), "predictions")
 

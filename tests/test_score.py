@@ -474,3 +474,41 @@ def test_table_mode_carries_labels_and_writes_metrics(spark, generated, model_di
     assert manifest["input_kind"] == "table" and manifest["metrics"]["all"]["images"] == 30
     assert manifest["counts"]["chunks"] >= 2
     assert "balanced accuracy" in score_lib.summary(manifest)
+
+
+@pytest.mark.slow
+def test_isic_submission_and_ground_truth_from_generated_data(generated, model_dir, tmp_path, capsys):
+    metadata = pd.read_csv(generated / schema.METADATA_FILE)
+    truth = pd.DataFrame({"image": metadata["image_id"]})
+    for column in ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"):
+        truth[column] = (metadata["dx"] == column.lower()).astype(int)
+    # One image the truth does not know, and a truth row for an image nobody scored.
+    truth = pd.concat([truth.iloc[1:], truth.iloc[[0]].assign(image="ISIC_9999999")])
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    output, submission = tmp_path / "predictions", tmp_path / "submission.csv"
+    images = [str(generated / folder) for folder in schema.IMAGE_FOLDERS]
+    code = score_job.main(
+        ["--model", str(model_dir), "--images", *images, "--output", str(output)]
+        + ["--isic-csv", str(submission), "--truth", str(tmp_path / "truth.csv")]
+    )
+    assert code == 0
+    written = pd.read_csv(submission)
+    assert list(written.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert sorted(written["image"]) == sorted(metadata["image_id"])  # every generated image, once
+    rows = _rows(output).set_index(schema.IMAGE_ID)
+    first = written.set_index("image").iloc[0]
+    assert first["MEL"] == pytest.approx(rows.loc[first.name, "prob_mel"])
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["truth"]["counts"] == {
+        "truth_rows": len(metadata),
+        "invalid_truth_rows": 0,
+        "truth_without_prediction": 1,
+        "predictions_without_truth": 1,
+        "matched_with_error": 0,
+        "evaluated": len(metadata) - 1,
+    }
+    metrics = json.loads((output / score_lib.METRICS_FILE).read_text())["truth"]
+    assert metrics["images"] == len(metadata) - 1 and 0.0 <= metrics["balanced_accuracy"] <= 1.0
+    assert manifest["isic_csv"]["rows"] == len(metadata) and manifest["isic_csv"]["error_rows"] == 0
+    out = capsys.readouterr().out
+    assert "1 truth rows without a scored image, 1 scored images without a truth row" in out

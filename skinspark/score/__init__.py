@@ -36,6 +36,7 @@ from skinspark import storage
 from skinspark.config import ScoreConfig
 from skinspark.images import IMAGE_KINDS, scan_settings
 from skinspark.manifest import write_record
+from skinspark.model_dir import melanoma_threshold_of
 from skinspark.score import chunks
 from skinspark.score.chunks import (
     CHUNK,
@@ -59,12 +60,14 @@ from skinspark.score.columns import (
     SCORED_AT,
     output_columns,
 )
+from skinspark.score.isic import evaluate_against_truth, write_submission
 from skinspark.score.predict import WorkerModel, open_model, predict_frame
 from skinspark.score.report import (
     METRICS_FILE,
     ScoreError,
     ScoreResult,
     count_output,
+    labelled_metrics,
     start_manifest,
     summary,
     verdict,
@@ -117,6 +120,8 @@ def score(
     table: str | None = None,
     config_text: str = "",
     progress: Callable[[str], None] | None = None,
+    isic_csv: str | None = None,
+    truth: str | None = None,
 ) -> ScoreResult:
     """Score every image of an archive (`images`) or of an ingested table (`table`) with a model.
 
@@ -130,6 +135,8 @@ def score(
         table: an ingested table directory (then labels are carried and metrics written).
         config_text: the resolved config as YAML, written as `_config.yaml`.
         progress: called with one line per committed chunk (the job prints them).
+        isic_csv: also write the predictions as an ISIC 2018 Task 3 submission CSV here.
+        truth: an ISIC 2018 Task 3 ground-truth CSV to evaluate the predictions against.
 
     Returns:
         ScoreResult; its manifest's status is "failed" when the output's share of error rows is over
@@ -178,11 +185,27 @@ def score(
             workers=workers,
         )
         manifest.update(count_output(spark, output, len(chunk_dirs(spark, output)), first))
-        if source.labelled:
-            manifest.update(write_metrics(spark, output))
+        manifest.update(_evaluate(spark, output, model_dir, source.labelled, isic_csv, truth))
         manifest.update(verdict(manifest, config))
         write_record(spark, output, manifest)
         return ScoreResult(output, manifest)
+
+
+def _evaluate(spark, output: str, model_dir: str, labelled: bool, isic_csv, truth) -> dict:
+    """Metrics of a labelled table or against a ground-truth CSV (`_metrics.json`), and the ISIC
+    submission file; melanoma's operating point is the one the model's training fixed."""
+    threshold = melanoma_threshold_of(model_dir)
+    metrics = labelled_metrics(spark, output, threshold) if labelled else {}
+    record = {}
+    if truth is not None:
+        evaluated = evaluate_against_truth(spark, output, truth, threshold)
+        if evaluated["metrics"] is not None:
+            metrics["truth"] = evaluated["metrics"]
+        record["truth"] = {"truth": evaluated["truth"], "counts": evaluated["counts"]}
+    if isic_csv is not None:
+        record["isic_csv"] = write_submission(spark, output, isic_csv)
+    record.update(write_metrics(spark, output, metrics))
+    return record
 
 
 def _plan(

@@ -54,17 +54,27 @@ def start_manifest(
     }
 
 
-def write_metrics(spark: SparkSession, output: str) -> dict:
-    """Write `_metrics.json` of a labelled output; returns the manifest's headline figures."""
-    metrics = _labelled_metrics(spark, output)
+HEADLINE_KEYS = ("images", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+
+
+def write_metrics(spark: SparkSession, output: str, metrics: dict) -> dict:
+    """Write `_metrics.json` ({name: classification_metrics}); returns the manifest's headline figures."""
     if not metrics:
         return {}
     storage.write_text(spark, f"{output}/{METRICS_FILE}", to_json(metrics))
-    headline = ("images", "accuracy", "balanced_accuracy", "macro_f1")
-    return {"metrics": {split: {key: m[key] for key in headline} for split, m in metrics.items()}}
+    return {"metrics": {name: headline_figures(m) for name, m in metrics.items()}}
 
 
-def _labelled_metrics(spark: SparkSession, output: str) -> dict:
+def headline_figures(metrics: dict) -> dict:
+    """The figures of one `classification_metrics` result that the manifest and summary show."""
+    figures = {key: metrics[key] for key in HEADLINE_KEYS}
+    melanoma = metrics["melanoma"] or {}
+    figures["melanoma"] = melanoma.get("at_threshold") or melanoma.get("at_argmax")
+    figures["ece"] = metrics["calibration"]["ece"]
+    return figures
+
+
+def labelled_metrics(spark: SparkSession, output: str, melanoma_threshold: float | None = None) -> dict:
     """classification_metrics per split and over all rows with a label and a prediction.
 
     Brings `split`, `label` and seven probabilities per labelled row to the driver (about 40 bytes a
@@ -86,7 +96,9 @@ def _labelled_metrics(spark: SparkSession, output: str) -> dict:
     for name, group in groups:
         if not group.empty:
             metrics[name] = classification_metrics(
-                group[schema.LABEL].to_numpy(), group[list(schema.PROB_COLUMNS)].to_numpy()
+                group[schema.LABEL].to_numpy(),
+                group[list(schema.PROB_COLUMNS)].to_numpy(),
+                melanoma_threshold=melanoma_threshold,
             )
     return metrics
 
@@ -145,6 +157,18 @@ def worker_summary(stats: dict) -> dict:
     }
 
 
+def _headline_line(figures: dict) -> str:
+    def value(number):
+        return "n/a" if number is None else f"{number:.3f}"
+
+    point = figures["melanoma"] or {"sensitivity": None, "specificity": None}
+    where = f"P(mel) >= {point['threshold']:.3f}" if "threshold" in point else "arg-max"
+    return (
+        f"macro AUC {value(figures['macro_auc'])}; melanoma sensitivity {value(point['sensitivity'])}, "
+        f"specificity {value(point['specificity'])} ({where}); ECE {figures['ece']:.3f}"
+    )
+
+
 def summary(manifest: dict) -> str:
     """A one-screen, human-readable summary of a scoring manifest."""
     run, counts = manifest["run"], manifest.get("counts", {})
@@ -175,6 +199,23 @@ def summary(manifest: dict) -> str:
             f"  {split:<5} {metrics['images']:>6} images: accuracy {metrics['accuracy']:.4f}, "
             f"balanced accuracy {metrics['balanced_accuracy']:.4f}, "
             f"macro F1 {metrics['macro_f1']:.4f}"
+        )
+        lines.append("        " + _headline_line(metrics))
+    truth = manifest.get("truth")
+    if truth:
+        counts = truth["counts"]
+        lines.append(
+            f"  against {truth['truth']}: {counts['evaluated']} evaluated; "
+            f"{counts['truth_without_prediction']} truth rows without a scored image, "
+            f"{counts['predictions_without_truth']} scored images without a truth row, "
+            f"{counts['matched_with_error']} matched but unscorable, "
+            f"{counts['invalid_truth_rows']} invalid truth rows"
+        )
+    if manifest.get("isic_csv"):
+        isic = manifest["isic_csv"]
+        lines.append(
+            f"  ISIC submission: {isic['path']} ({isic['rows']} rows; "
+            f"{isic['error_rows']} error rows not written)"
         )
     if manifest.get("error"):
         lines.append(f"  ERROR: {manifest['error']}")

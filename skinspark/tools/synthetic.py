@@ -10,10 +10,12 @@ Every image is a 600x450 RGB baseline JPEG. The metadata mimics the real release
 1.34 images per lesion, per-class dx_type, ages in steps of 5 with a few missing, sex, localization and
 source dataset), and the images carry a learnable but imperfect per-class signal: a skin-toned background
 with a lesion whose colour, size, shape irregularity, border sharpness and internal texture depend on the
-class, with per-lesion jitter wide enough that neighbouring classes (mel/nv/bkl, bcc/akiec) overlap. All
-images of one lesion share the lesion's appearance and differ only slightly (position, rotation,
-brightness, noise, hairs), so that a model can memorise lesions and an image-level split inflates accuracy
-as it does on the real data.
+class, with per-lesion jitter wide enough that neighbouring classes (mel/nv/bkl, bcc/akiec) overlap, and
+four lesions in ten borrowing a look-alike class's colours (half of them its structures too). Every
+lesion also carries structures of its own, of no class. All images of one lesion share the lesion's
+appearance and differ by what a new photograph changes (angle, zoom, lighting, position, noise, hairs),
+so that a model can memorise lesions and an image-level split inflates accuracy as it does on the real
+data.
 
 Everything is deterministic for a seed: the metadata comes from one generator seeded with `seed`, each
 lesion's appearance from (seed, lesion number) and each image's variation from (seed, image number), so
@@ -308,9 +310,11 @@ CLASS_STYLES: dict[str, ClassStyle] = {
     ),
 }
 
-# A share of lesions take their colours from a look-alike class (their shape and texture stay their own),
-# which caps the achievable accuracy at a realistic level instead of a trivially separable task.
-MIMIC_RATE = 0.2
+# A share of lesions take their colours from a look-alike class (their shape stays their own), and half of
+# those its internal structures too, which caps what the class signal alone can give at a realistic level
+# instead of a trivially separable task: such a lesion can only be told by remembering it.
+MIMIC_RATE = 0.4
+MIMIC_TEXTURE_RATE = 0.5
 CONFUSERS: dict[str, tuple[str, ...]] = {
     "nv": ("mel", "bkl"),
     "mel": ("nv", "bkl"),
@@ -320,19 +324,26 @@ CONFUSERS: dict[str, tuple[str, ...]] = {
     "df": ("nv", "bkl"),
     "vasc": ("bcc", "mel"),
 }
-LESION_COLOUR_CHANNEL_SD = 8.0  # per-lesion tint on top of the brightness spread
-RADIUS_SPREAD = 0.28  # log-normal spread of lesion size around the class mean
-ASPECT_SPREAD = 0.15
+LESION_COLOUR_CHANNEL_SD = 14.0  # per-lesion tint on top of the brightness spread
+BRIGHTNESS_SPREAD_SCALE = 1.4  # widens every class's per-lesion darkness spread
+RADIUS_SPREAD = 0.38  # log-normal spread of lesion size around the class mean
+ASPECT_SPREAD = 0.2
+# Every lesion also carries structures of its own, drawn from no class: a scatter of globules of its own
+# colour and, for some, a blob; they stay the same in every photograph of the lesion (they rotate and move
+# with it), so photographs of one lesion share far more than their class, as on the real photographs.
+SIGNATURE_DOTS = (4, 24)  # how many, at least and at most
+SIGNATURE_BLOB_RATE = 0.5
 
 SKIN_LIGHT, SKIN_DARK = (236.0, 196.0, 178.0), (196.0, 148.0, 122.0)
 VIGNETTE_RATE = 0.3  # share of lesions photographed with a dark circular dermoscope rim
 HAIRY_RATE = 0.3
 
-# Per-image changes between photographs of the same lesion: small, so lesions stay recognisable.
-IMAGE_SHIFT_SD = 0.025  # fraction of the frame
-IMAGE_ROTATION_SD_DEGREES = 8.0
-IMAGE_SCALE_SD = 0.05
-IMAGE_GAIN_SD = 0.04
+# Per-image changes between photographs of the same lesion (angle, zoom, lighting, position): a dermoscope
+# put down again, so lesions stay recognisable.
+IMAGE_SHIFT_SD = 0.04  # fraction of the frame
+IMAGE_ROTATION_SD_DEGREES = 20.0
+IMAGE_SCALE_SD = 0.08
+IMAGE_GAIN_SD = 0.06
 
 # The lesion is drawn once on a square canvas in its own coordinates, then rotated, scaled and placed
 # at full resolution by Pillow's affine transform (C speed); the background is drawn small and upscaled.
@@ -553,6 +564,23 @@ def _texture_layout(rng: np.random.Generator, texture: Texture) -> np.ndarray:
     raise ValueError(f"unknown texture kind: {texture.kind!r}")
 
 
+def _signature(rng: np.random.Generator) -> tuple[Texture, ...]:
+    """Structures of one lesion's own, of no class: globules of a random colour, maybe a random blob."""
+    colour = tuple(float(value) for value in rng.uniform((30.0, 25.0, 25.0), (170.0, 140.0, 150.0)))
+    dots = Texture(
+        "dots",
+        colour,
+        count=int(rng.integers(SIGNATURE_DOTS[0], SIGNATURE_DOTS[1] + 1)),
+        size=float(rng.uniform(0.03, 0.08)),
+        strength=float(rng.uniform(0.4, 0.75)),
+    )
+    if rng.random() >= SIGNATURE_BLOB_RATE:
+        return (dots,)
+    blob_colour = tuple(float(value) for value in rng.uniform((40.0, 30.0, 30.0), (200.0, 180.0, 190.0)))
+    blob = Texture("patch", blob_colour, count=1, size=float(rng.uniform(0.15, 0.35)), strength=0.45)
+    return dots, blob
+
+
 def lesion_appearance(seed: int, lesion_number: int, label: str) -> LesionAppearance:
     """The random appearance of lesion `lesion_number` (the digits of its HAM id) of class `label`.
 
@@ -562,9 +590,12 @@ def lesion_appearance(seed: int, lesion_number: int, label: str) -> LesionAppear
         raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
     rng = _rng(seed, LESION_STREAM, lesion_number)
     style = CLASS_STYLES[label]
-    colour_style = style
+    colour_style = texture_style = style
     if rng.random() < MIMIC_RATE:
         colour_style = CLASS_STYLES[CONFUSERS[label][rng.integers(len(CONFUSERS[label]))]]
+        if rng.random() < MIMIC_TEXTURE_RATE:
+            texture_style = colour_style
+    brightness_sd = style.brightness_sd * BRIGHTNESS_SPREAD_SCALE
     harmonic_orders = np.arange(1, 8)
     amplitudes = np.where(
         harmonic_orders == 1, style.asymmetry, style.irregularity / harmonic_orders**0.6
@@ -580,11 +611,14 @@ def lesion_appearance(seed: int, lesion_number: int, label: str) -> LesionAppear
         aspect=math.exp(rng.normal(0.0, ASPECT_SPREAD)),
         angle=rng.uniform(0.0, 2 * np.pi),
         harmonics=harmonics,
-        colour=_jittered_colour(rng, colour_style.colour, style.brightness_sd),
-        secondary=_jittered_colour(rng, colour_style.secondary, style.brightness_sd),
+        colour=_jittered_colour(rng, colour_style.colour, brightness_sd),
+        secondary=_jittered_colour(rng, colour_style.secondary, brightness_sd),
         blotch=colour_style.blotch * rng.uniform(0.6, 1.2),
         blotch_grid=rng.random((rng.integers(4, 8),) * 2).astype(np.float32),
-        texture_layers=tuple((texture, _texture_layout(rng, texture)) for texture in style.textures),
+        texture_layers=tuple(
+            (texture, _texture_layout(rng, texture))
+            for texture in (*texture_style.textures, *_signature(rng))
+        ),
         skin=np.asarray(SKIN_LIGHT)
         + (np.asarray(SKIN_DARK) - np.asarray(SKIN_LIGHT)) * rng.random()
         + rng.normal(0.0, 5.0, 3),

@@ -159,6 +159,12 @@ def _warm_up_subset(data_dir: Path, work_dir: Path, files: list[Path], count: in
 # Training
 
 
+# The common mistake the third protocol reproduces: rare classes oversampled (images copied) up to this
+# many images each before the split, so copies of one photograph land in train and in test.
+OVERSAMPLE_TO = 1000
+LEARNING_PROTOCOLS = ("split_by_lesion", "split_by_image", "oversampled_before_split")
+
+
 def bench_learning(
     spark: SparkSession,
     data_dir: Path,
@@ -166,43 +172,76 @@ def bench_learning(
     ingest_config: IngestConfig,
     train_config: TrainConfig,
 ) -> dict:
-    """Train the same model twice, on a lesion-held-out split and on a split by image.
+    """Train the same model three ways: split by lesion (the job's default), split by image, and split
+    by image after oversampling the rare classes (the copies cross the split).
 
-    Both runs use the same images, seed and training config; only the split unit differs. The gap
-    between their test figures is what splitting by image (photos of one lesion on both sides) adds.
+    All runs use the same images, seed and training config; only the split (and, for the third, the
+    copies) differ. The gaps between their test figures are what the two mistakes add.
     """
-    image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
     runs = {}
-    for split_by in ("lesion", "image"):
-        table = work_dir / f"learning-table-by-{split_by}"
-        ingest(
-            spark,
-            image_dirs,
-            str(data_dir / schema.METADATA_FILE),
-            str(table),
-            dataclasses.replace(ingest_config, split_by=split_by),
-        )
-        model_dir = work_dir / f"learning-model-by-{split_by}"
+    for protocol in LEARNING_PROTOCOLS:
+        source = data_dir
+        if protocol == "oversampled_before_split":
+            source = oversampled_copy(data_dir, work_dir / "learning-oversampled-data", OVERSAMPLE_TO)
+        split_by = "lesion" if protocol == "split_by_lesion" else "image"
+        table = work_dir / f"learning-table-{protocol}"
+        image_dirs = [str(source / folder) for folder in schema.IMAGE_FOLDERS]
+        config = dataclasses.replace(ingest_config, split_by=split_by)
+        ingest(spark, image_dirs, str(source / schema.METADATA_FILE), str(table), config)
+        model_dir = work_dir / f"learning-model-{protocol}"
         manifest, metrics, history = _finished_training(model_dir, train_config)
         if manifest is None:  # not trained yet with this config: train (a finished run is reused)
             shutil.rmtree(model_dir, ignore_errors=True)
             result = train(spark, str(table), str(model_dir), train_config, "")
             manifest, metrics, history = result.manifest, result.metrics, result.history
-        runs[f"split_by_{split_by}"] = {
+        runs[protocol] = {
             "model_dir": str(model_dir),
             "epochs": manifest["epochs_trained"],
             "train_images": manifest["rows"]["train"],
             "training_seconds": manifest["training_seconds"],
             "images_per_second": manifest["images_per_second"],
             "best_val_accuracy": round(float(history["val_accuracy"].max()), 4),
-            "test": {key: _round(metrics[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")},
+            "test": {
+                key: _round(metrics[key])
+                for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+            },
         }
-    lesion, image = runs["split_by_lesion"]["test"], runs["split_by_image"]["test"]
-    runs["inflation_by_image_split_points"] = {
-        key: round(100 * (image[key] - lesion[key]), 2) for key in ("accuracy", "balanced_accuracy")
-    }
+    lesion = runs["split_by_lesion"]["test"]
+    for protocol in LEARNING_PROTOCOLS[1:]:
+        runs[f"inflation_{protocol}_points"] = {
+            key: round(100 * (runs[protocol]["test"][key] - lesion[key]), 2)
+            for key in ("accuracy", "balanced_accuracy")
+        }
     runs["config"] = dataclasses.asdict(train_config)
     return runs
+
+
+def oversampled_copy(data_dir: Path, target: Path, per_class: int) -> Path:
+    """A copy of the dataset (hard links) in which every class under `per_class` images has its images
+    repeated, as new image ids (`<id>_copyN`) of the same lesion, up to about `per_class`."""
+    metadata = pd.read_csv(data_dir / schema.METADATA_FILE, dtype=str, keep_default_na=False)
+    shutil.rmtree(target, ignore_errors=True)
+    for folder in schema.IMAGE_FOLDERS:
+        (target / folder).mkdir(parents=True)
+    where = {path.stem: path for path in data_dir.glob("HAM10000_images_part_*/*.jpg")}
+    rows = []
+    for _, row in metadata.iterrows():
+        path = where[row[schema.IMAGE_ID]]
+        os.link(path, target / path.parent.name / path.name)
+        rows.append(row)
+    counts = metadata[schema.DX].value_counts()
+    for label, count in counts.items():
+        copies = max(0, round(per_class / count) - 1) if count < per_class else 0
+        for _, row in metadata[metadata[schema.DX] == label].iterrows():
+            path = where[row[schema.IMAGE_ID]]
+            for number in range(1, copies + 1):
+                name = f"{row[schema.IMAGE_ID]}_copy{number}"
+                os.link(path, target / path.parent.name / f"{name}.jpg")
+                copy = row.copy()
+                copy[schema.IMAGE_ID] = name
+                rows.append(copy)
+    pd.DataFrame(rows).to_csv(target / schema.METADATA_FILE, index=False)
+    return target
 
 
 def _finished_training(model_dir: Path, config: TrainConfig):

@@ -61,7 +61,9 @@ def read_split(url: str, height: int, width: int, workers: int = 1) -> dict[str,
         reader_pool_type="thread" if workers > 1 else "dummy",
         workers_count=workers,
     ) as reader:
-        expected = sum(piece.get_metadata().num_rows for piece in reader.dataset.pieces)
+        with warnings.catch_warnings():  # Petastorm's dataset is pyarrow's legacy one: `pieces` is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            expected = sum(piece.get_metadata().num_rows for piece in reader.dataset.pieces)
         for batch in reader:
             images.append(stored_batch(list(getattr(batch, schema.IMAGE)), height, width))
             labels.append(np.asarray(getattr(batch, schema.LABEL), dtype=np.int32))

@@ -20,6 +20,7 @@ def test_demo_generates_ingests_trains_and_scores(spark, tmp_path, capsys):
     printed = capsys.readouterr().out
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "results:"):
         assert step in printed
+    assert "against chance" in printed and "always predicting the majority class" in printed
     table = json.loads((tmp_path / "table" / "_manifest.json").read_text())
     assert table["counts"]["files"]["ingested"] == 120
     model = json.loads((tmp_path / "model" / "_manifest.json").read_text())

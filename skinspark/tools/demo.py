@@ -2,7 +2,7 @@
 CNN on it with Horovod on Spark, score the sample's images with the trained model, and say where
 everything is.
 
-    make demo        (or: python -m skinspark.tools.demo --output demo-output --images 1000 --epochs 3)
+    make demo        (or: python -m skinspark.tools.demo --output demo-output --images 2000 --epochs 20)
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from skinspark.tools.synthetic import format_summary, generate
 def args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinspark-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="demo-output", help="where the sample and results go")
-    parser.add_argument("--images", type=int, default=1000, help="sample size (default 1,000)")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3: minutes)")
+    parser.add_argument("--images", type=int, default=2000, help="sample size (default 2,000)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20: minutes)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--master", default="local[*]")
     return parser

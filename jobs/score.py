@@ -56,12 +56,17 @@ def args_parser() -> argparse.ArgumentParser:
         choices=["auto", "python", "spark"],
         help="who reads each file: python (the worker) or spark (the JVM); default auto",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the CPU has the units",
+    )
     return add_common_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = flag_values(args, ("mode", "batch_size", "reader"))
+    flags = flag_values(args, ("mode", "batch_size", "reader", "precision"))
 
     def work(spark, loaded) -> int:
         result = score(

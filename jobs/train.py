@@ -34,7 +34,7 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--learning-rate",
         type=float,
-        help="Adam learning rate, multiplied by the number of ranks (default 0.001)",
+        help="Adam learning rate per rank, multiplied by the number of ranks (default 0.0003)",
     )
     parser.add_argument("--model", help="architecture (default paper_cnn)")
     parser.add_argument(
@@ -52,12 +52,27 @@ def args_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the last complete epoch checkpoint in MODEL_DIR"
     )
     parser.add_argument("--seed", type=int, help="random seed (default 42)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the rank's CPU has the units",
+    )
     return add_common_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    names = ("num_proc", "epochs", "batch_size", "learning_rate", "model", "class_weight", "augment", "seed")
+    names = (
+        "num_proc",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "model",
+        "class_weight",
+        "augment",
+        "seed",
+        "precision",
+    )
     flags = flag_values(args, names)
 
     def work(spark, loaded) -> int:

@@ -55,6 +55,7 @@ class TrainConfig:
     class_weight: str = "balanced"  # "balanced", "sqrt" (its square root) or "none"
     label_smoothing: float = 0.0  # share of each one-hot target spread over the other classes
     clip_norm: float = 0.0  # clip each step's gradient to this global L2 norm; 0: no clipping
+    precision: str = "auto"  # float32, bfloat16, or auto: bfloat16 where the rank's CPU has the units
     augment: bool = True  # random horizontal and vertical flips
     reduce_lr_patience: int = 3  # ReduceLROnPlateau on validation loss
     reduce_lr_factor: float = 0.5
@@ -83,6 +84,7 @@ class ScoreConfig:
     partition_mb: int = 64  # bytes of JPEG per read task (as ingest): few tasks, bounded memory
     open_cost_bytes: int = 8192  # Spark's per-file open cost; its 4 MB default makes tiny tasks
     reader: str = "auto"  # as IngestConfig.reader: who reads each file's bytes
+    precision: str = "auto"  # float32, bfloat16, or auto: bfloat16 where the worker's CPU has the units
 
 
 JOB_CONFIGS: dict[str, type] = {"ingest": IngestConfig, "train": TrainConfig, "score": ScoreConfig}

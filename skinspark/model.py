@@ -34,7 +34,8 @@ def paper_cnn(input_shape: tuple[int, int, int], num_classes: int, dropout: floa
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Dense(512, activation="relu", name="dense")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 even under a mixed precision policy: the softmax is computed, and sums to 1, in full precision.
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return tf.keras.Model(inputs, outputs, name="paper_cnn")
 
 

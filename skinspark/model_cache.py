@@ -18,7 +18,7 @@ from typing import Any
 # At most this many models stay loaded in one worker: a worker that serves two jobs in turn keeps both.
 MAX_MODELS = 2
 
-_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS: dict[tuple[str, str, str], Any] = {}
 _LOADS: Counter = Counter()
 _LOCK = threading.Lock()
 
@@ -41,26 +41,30 @@ def configure_threads(threads: int) -> bool:
     return True
 
 
-def get_model(model_dir: str, model_id: str, threads: int = 1) -> Any:
-    """The model of `model_dir`, loaded on this process's first call for (model_dir, model_id).
+def get_model(model_dir: str, model_id: str, threads: int = 1, precision: str = "float32") -> Any:
+    """The model of `model_dir` computing in `precision`, loaded on this process's first call for
+    (model_dir, model_id, precision).
 
     Args:
         model_dir: a local (or mounted) model directory, as `skinspark.model_dir.load_model` takes it.
         model_id: the directory's content hash; a changed model under the same path is a new entry.
         threads: cores of the calling task; sizes TensorFlow's pools before the process's first load.
+        precision: `float32` or `bfloat16` (resolved: see `skinspark.precision.resolve`), whatever
+            precision the model was trained in.
 
     Raises:
         FileNotFoundError: `model_dir` has no model file.
     """
-    key = (model_dir, model_id)
+    key = (model_dir, model_id, precision)
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
             from skinspark.model_dir import load_model
+            from skinspark.precision import in_precision
 
             if not _LOADS:
                 configure_threads(threads)
-            model = load_model(model_dir)
+            model = in_precision(load_model(model_dir), precision)
             while len(_MODELS) >= MAX_MODELS:
                 _MODELS.pop(next(iter(_MODELS)))
             _MODELS[key] = model
@@ -68,9 +72,10 @@ def get_model(model_dir: str, model_id: str, threads: int = 1) -> Any:
         return model
 
 
-def load_count(model_dir: str, model_id: str) -> int:
-    """How many times this process has loaded (model_dir, model_id): 1 once loaded, unless evicted."""
-    return _LOADS[(model_dir, model_id)]
+def load_count(model_dir: str, model_id: str, precision: str = "float32") -> int:
+    """How many times this process has loaded (model_dir, model_id) in `precision`: 1 once loaded,
+    unless evicted."""
+    return _LOADS[(model_dir, model_id, precision)]
 
 
 def clear() -> None:

@@ -243,7 +243,7 @@ def test_predict_udf_scores_paths_and_bytes_and_serves_spark_sql(spark, dataset,
     model = tf.keras.models.load_model(model_dir / "model.keras", compile=False)
     expected = model.predict_on_batch(np.stack([decode_image(path.read_bytes(), 75, 100) for path in files]))
 
-    predict = score_lib.predict_udf(str(model_dir), batch_size=4)
+    predict = score_lib.predict_udf(str(model_dir), batch_size=4, precision="float32")  # as `model`
     listing = spark.read.format("binaryFile").load([str(path) for path in files])
     by_path = listing.select("path", predict("path").alias("p")).select("path", "p.*").toPandas()
     by_bytes = listing.select("path", predict("content").alias("p")).select("path", "p.*").toPandas()
@@ -254,7 +254,7 @@ def test_predict_udf_scores_paths_and_bytes_and_serves_spark_sql(spark, dataset,
         np.testing.assert_allclose(frame[score_lib.CONFIDENCE], expected.max(axis=1), atol=1e-5)
         assert frame[score_lib.ERROR].isna().all()
 
-    score_lib.register_predict_udf(spark, str(model_dir))
+    score_lib.register_predict_udf(spark, str(model_dir), precision="float32")
     paths = [f"file:{path}" for path in files[:2]] + [f"file:{dataset}/gone.jpg", None]
     spark.createDataFrame([(path,) for path in paths], "path string").createOrReplaceTempView("files")
     rows = (

@@ -251,6 +251,8 @@ def scored(spark, archive, model_dir, tmp_path_factory):
             f"max_image_bytes={archive['limit']}",
             "--conf",
             "max_bad_fraction=0.5",
+            "--precision",
+            "float32",  # the tests below compare with the model in memory, which computes in float32
         ]
     )
     assert code == 0
@@ -280,6 +282,27 @@ def test_every_file_is_one_row_with_its_error(scored, archive):
     assert odd[schema.IMAGE_ID] == "odd name 100%"
     assert rows[score_lib.MODEL_ID].nunique() == 1
     assert rows[score_lib.SCORED_AT].notna().all()
+
+
+@pytest.mark.slow
+def test_bfloat16_scoring_agrees_with_float32(scored, archive, model_dir, tmp_path, capsys):
+    output = tmp_path / "bfloat16"
+    roots = [str(archive["root"] / name) for name in ("a", "png", "broken")]
+    limits = ["--conf", f"max_image_bytes={archive['limit']}", "--conf", "max_bad_fraction=0.5"]
+    args = ["--model", str(model_dir), "--images", *roots, "--output", str(output), *limits]
+    assert score_job.main([*args, "--precision", "bfloat16"]) == 0
+    manifest = json.loads((output / "_manifest.json").read_text())
+    workers = manifest["run"]["workers"]
+    assert workers["precision"] == {"bfloat16": workers["python_processes"]}
+    assert all(entry["precision"] == "bfloat16" for entry in workers["per_process"].values())
+    assert "precision bfloat16 on" in capsys.readouterr().out
+    plain, mixed = (_rows(path).set_index("path").sort_index() for path in (scored, output))
+    assert list(plain.index) == list(mixed.index)
+    assert (plain[score_lib.PREDICTED_DX].fillna("") == mixed[score_lib.PREDICTED_DX].fillna("")).all()
+    columns = list(schema.PROB_COLUMNS)
+    difference = np.abs(plain[columns].to_numpy(np.float64) - mixed[columns].to_numpy(np.float64))
+    assert np.nanmax(difference) < 0.01
+    assert manifest["config"]["precision"] == "bfloat16"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from jobs import ingest as ingest_job
 from jobs import train as train_job
-from skinspark import schema
+from skinspark import precision, schema
 from skinspark.metrics import classification_metrics, plot_confusion_matrix, plot_training_curves, summary
 from skinspark.tools.synthetic import generate
 from skinspark.train import (
@@ -29,6 +29,7 @@ from skinspark.train import (
     restore_checkpoint,
     write_checkpoint,
 )
+from skinspark.train.data import EVAL_BATCH_SIZE
 
 # A quick run: 2 ranks, small batches; the rest are the job's defaults.
 QUICK = ["--num-proc", "2", "--batch-size", "16"]
@@ -309,10 +310,13 @@ def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
     steps = math.ceil(train_rows / (16 * 2))
     assert manifest["steps_per_epoch"] == steps and manifest["num_proc"] == 2
     # One row group for 2 ranks: each rank keeps every other row; both run the same number of steps.
+    here = precision.resolve("auto")  # the ranks run on this machine: they resolve as it does
     assert manifest["ranks"] == [
-        {"rank": 0, "batches": 2 * steps, "sharding": "rows"},
-        {"rank": 1, "batches": 2 * steps, "sharding": "rows"},
+        {"rank": 0, "batches": 2 * steps, "sharding": "rows", "precision": here},
+        {"rank": 1, "batches": 2 * steps, "sharding": "rows", "precision": here},
     ]
+    assert manifest["precision"] == {"requested": "auto", "trained_in": [here], "evaluated_in": here}
+    assert f"precision: {here} on 2 of 2 rank(s) (requested auto)" in out
     assert json.loads((model_dir / "ingest_manifest.json").read_text()) == ingest_manifest
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -359,8 +363,13 @@ def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
     predictions = pd.read_csv(model_dir / "test_predictions.csv")
     test = read_split(f"file://{one_row_group}/split=test", 75, 100)
     assert predictions["image_id"].tolist() == test["image_id"].tolist()
-    reloaded = load_model(str(model_dir)).predict(test["image"][:5], verbose=0)
-    assert np.allclose(reloaded, predictions[list(schema.PROB_COLUMNS)].to_numpy()[:5], atol=1e-6)
+    saved = load_model(str(model_dir))
+    assert precision.model_precision(saved) == "float32"  # whatever the ranks trained in
+    # The driver predicted the test split in its own precision, whole, in batches of EVAL_BATCH_SIZE.
+    evaluated = precision.in_precision(saved, _manifest(model_dir)["precision"]["evaluated_in"])
+    again = evaluated.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)[:5]
+    assert np.allclose(again, predictions[list(schema.PROB_COLUMNS)].to_numpy()[:5], atol=1e-6)
+    reloaded = saved.predict(test["image"][:5], verbose=0)
     probabilities = predictions[list(schema.PROB_COLUMNS)].to_numpy()
     assert np.array_equal(predictions["predicted"], probabilities.argmax(axis=1))
     # ... and it holds the weights of the last epoch's checkpoint.
@@ -371,10 +380,11 @@ def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def one_epoch(uneven, tmp_path_factory) -> Path:
-    """One epoch on the uneven shards (the run that test_resume continues)."""
+    """One epoch on the uneven shards in float32 (the run that test_resume continues in bfloat16)."""
     model_dir = tmp_path_factory.mktemp("one-epoch") / "model"
     started = time.monotonic()
-    code = train_job.main(["--data", str(uneven), "--output", str(model_dir), "--epochs", "1", *QUICK])
+    args = ["--data", str(uneven), "--output", str(model_dir), "--epochs", "1", "--precision", "float32"]
+    code = train_job.main([*args, *QUICK])
     assert code == 0 and time.monotonic() - started < 240
     return model_dir
 
@@ -388,8 +398,8 @@ def test_uneven_shards_run_the_same_steps(uneven, one_epoch):
     steps = math.ceil(121 / (16 * 2))
     assert manifest["steps_per_epoch"] == steps
     assert manifest["ranks"] == [
-        {"rank": 0, "batches": steps, "sharding": "row_groups"},
-        {"rank": 1, "batches": steps, "sharding": "row_groups"},
+        {"rank": 0, "batches": steps, "sharding": "row_groups", "precision": "float32"},
+        {"rank": 1, "batches": steps, "sharding": "row_groups", "precision": "float32"},
     ]
     assert pd.read_csv(one_epoch / "history.csv")["epoch"].tolist() == [1]
 
@@ -408,11 +418,13 @@ def test_resume_continues_at_the_next_epoch(uneven, one_epoch, tmp_path, capsys)
 
     model_dir = Path(shutil.copytree(one_epoch, tmp_path / "model"))
     first = pd.read_csv(model_dir / "history.csv")
-    code = train_job.main(
-        ["--data", str(uneven), "--output", str(model_dir), "--epochs", "2", "--resume", *QUICK]
-    )
+    # The float32 run's checkpoint continues in bfloat16: the variables are float32 in both.
+    args = ["--data", str(uneven), "--output", str(model_dir), "--epochs", "2", "--resume"]
+    code = train_job.main([*args, "--precision", "bfloat16", *QUICK])
     assert code == 0
     manifest = _manifest(model_dir)
+    assert manifest["precision"]["trained_in"] == ["bfloat16"]
+    assert [rank["precision"] for rank in manifest["ranks"]] == ["bfloat16", "bfloat16"]
     steps = manifest["steps_per_epoch"]
     assert (manifest["initial_epoch"], manifest["epochs_trained"]) == (1, 1)
     assert [rank["batches"] for rank in manifest["ranks"]] == [steps, steps]  # epoch 2 only

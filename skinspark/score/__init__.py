@@ -37,6 +37,7 @@ from skinspark.config import ScoreConfig
 from skinspark.images import IMAGE_KINDS, scan_settings
 from skinspark.manifest import write_record
 from skinspark.model_dir import melanoma_threshold_of
+from skinspark.precision import PRECISIONS
 from skinspark.score import chunks
 from skinspark.score.chunks import (
     CHUNK,
@@ -168,7 +169,7 @@ def score(
             manifest = start_manifest(source, inputs, output, record, config, run)
             write_record(spark, output, manifest, config_text)
             first = (kept[-1] + 1) if kept else 0
-            model = WorkerModel.ship(spark, model_dir, identifier, spec)
+            model = WorkerModel.ship(spark, model_dir, identifier, spec, config.precision)
             report = progress_line(progress, started, seen, already, len(plan))
             workers = chunks.score_chunks(
                 spark, source, plan, output, first, model, report, config.batch_size
@@ -240,6 +241,8 @@ def _check_config(config: ScoreConfig) -> None:
             raise ScoreError(f"{name} must be at least 1, got {getattr(config, name)}")
     if not 0.0 <= config.max_bad_fraction <= 1.0:
         raise ScoreError(f"max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
+    if config.precision not in PRECISIONS:
+        raise ScoreError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
 
 
 def _settings(spark: SparkSession, config: ScoreConfig) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession
 
 from skinspark import model_cache, schema
 from skinspark import model_dir as model_dir_module
+from skinspark import precision as precision_module
 from skinspark.images import (
     batch_contents,
 )
@@ -48,20 +49,31 @@ class WorkerModel:
     height: int
     width: int
     decoder: str
+    precision: str = "auto"  # as requested: each worker resolves `auto` on its own CPU
 
     @classmethod
-    def ship(cls, spark: SparkSession, model_dir: str, identifier: str, spec: dict) -> WorkerModel:
+    def ship(
+        cls, spark: SparkSession, model_dir: str, identifier: str, spec: dict, precision: str = "auto"
+    ) -> WorkerModel:
         """Make the model reachable from every executor (`skinspark.model_dir.ship`) and describe it."""
         location = model_dir_module.ship(spark, model_dir, identifier)
-        return cls(location, identifier, task_cpus(spark), spec["height"], spec["width"], spec["decoder"])
+        return cls(
+            location, identifier, task_cpus(spark), spec["height"], spec["width"], spec["decoder"], precision
+        )
 
     def local_dir(self) -> str:
         """The model directory on this worker's machine."""
         return model_dir_module.unpacked(self.location)
 
+    def worker_precision(self) -> str:
+        """The precision this worker predicts in: `precision` resolved on this machine's CPU."""
+        return precision_module.resolve(self.precision)
+
     def loader(self) -> Callable[[], object]:
         """Returns the model, loaded on this process's first call (`skinspark.model_cache`)."""
-        return functools.partial(model_cache.get_model, self.local_dir(), self.identifier, self.threads)
+        return functools.partial(
+            model_cache.get_model, self.local_dir(), self.identifier, self.threads, self.worker_precision()
+        )
 
 
 def predict_frame(
@@ -151,15 +163,16 @@ def _stored_pixels(raw: bytes, stored_height, stored_width, height: int, width: 
 
 
 class WorkerStats(AccumulatorParam):
-    """Per Python worker ("host:pid"): [tasks run, times this process loaded the model]."""
+    """Per Python worker ("host:pid"): (tasks run, times this process loaded the model, the precision
+    it predicted in)."""
 
     def zero(self, value):
         return {}
 
     def addInPlace(self, total, update):
-        for worker, (tasks, loads) in update.items():
-            seen_tasks, seen_loads = total.get(worker, (0, 0))
-            total[worker] = (seen_tasks + tasks, max(seen_loads, loads))
+        for worker, (tasks, loads, precision) in update.items():
+            seen_tasks, seen_loads, _ = total.get(worker, (0, 0, precision))
+            total[worker] = (seen_tasks + tasks, max(seen_loads, loads), precision)
         return total
 
 
@@ -180,6 +193,7 @@ def score_partition(
     come in Spark's `content` column ("spark").
     """
     load = model.loader()
+    chosen = model.worker_precision()
     for batch in batches:
         if reader is not None:
             batch = batch.assign(**{data_column: list(batch_contents(batch, reader))})
@@ -194,5 +208,5 @@ def score_partition(
             passthrough,
             max_batch,
         )
-    loads = model_cache.load_count(model.local_dir(), model.identifier)
-    stats.add({f"{socket.gethostname()}:{os.getpid()}": (1, loads)})
+    loads = model_cache.load_count(model.local_dir(), model.identifier, chosen)
+    stats.add({f"{socket.gethostname()}:{os.getpid()}": (1, loads, chosen)})

@@ -4,6 +4,7 @@ the verdict and the one-screen summary."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
@@ -147,12 +148,16 @@ def verdict(manifest: dict, config: ScoreConfig) -> dict:
 
 
 def worker_summary(stats: dict) -> dict:
+    """The workers' accumulated (tasks, loads, precision) per process, summed for the manifest."""
+    precisions = Counter(precision for _, _, precision in stats.values())
     return {
         "python_processes": len(stats),
-        "tasks": sum(tasks for tasks, _ in stats.values()),
-        "model_loads": sum(loads for _, loads in stats.values()),
+        "tasks": sum(tasks for tasks, _, _ in stats.values()),
+        "model_loads": sum(loads for _, loads, _ in stats.values()),
+        "precision": dict(sorted(precisions.items())),  # processes that predicted in each precision
         "per_process": {
-            worker: {"tasks": tasks, "model_loads": loads} for worker, (tasks, loads) in stats.items()
+            worker: {"tasks": tasks, "model_loads": loads, "precision": precision}
+            for worker, (tasks, loads, precision) in stats.items()
         },
     }
 
@@ -192,7 +197,9 @@ def summary(manifest: dict) -> str:
     if workers:
         lines.append(
             f"  {workers['tasks']} tasks on {workers['python_processes']} Python workers, "
-            f"{workers['model_loads']} model loads"
+            f"{workers['model_loads']} model loads; precision "
+            + ", ".join(f"{name} on {count}" for name, count in workers.get("precision", {}).items())
+            + f" (requested {manifest['config'].get('precision', 'auto')})"
         )
     for split, metrics in manifest.get("metrics", {}).items():
         lines.append(

@@ -14,6 +14,7 @@ from skinspark.images import (
     CONTENT,
     read_files,
 )
+from skinspark.precision import PRECISIONS
 from skinspark.preprocess import ImageError
 from skinspark.score.columns import (
     PREDICTED_DX,
@@ -26,7 +27,9 @@ from skinspark.score.report import ScoreError
 UDF_NAME = "skinspark_predict"
 
 
-def predict_udf(model_dir: str, batch_size: int = 256, spark: SparkSession | None = None):
+def predict_udf(
+    model_dir: str, batch_size: int = 256, spark: SparkSession | None = None, precision: str = "auto"
+):
     """An iterator pandas UDF that scores a column of image paths or of encoded image bytes.
 
         predict = predict_udf("out/model")
@@ -36,7 +39,8 @@ def predict_udf(model_dir: str, batch_size: int = 256, spark: SparkSession | Non
     A string value is a path (`file:/a.jpg`, `/a.jpg`, `hdfs://...`, `s3a://...`), read in the Python
     worker; a binary value is the file's bytes (e.g. `binaryFile`'s `content`). The model is loaded
     once per Python worker and reused by every later batch and task; each call predicts at most
-    `batch_size` images at once. The scoring job predicts with the same function (`predict_frame`).
+    `batch_size` images at once, in `precision` (`auto`: bfloat16 where the worker's CPU has the
+    units). The scoring job predicts with the same function (`predict_frame`).
 
     Returns:
         A UDF returning a struct of `predicted_dx`, `confidence`, the 7 `prob_<label>` columns,
@@ -44,13 +48,15 @@ def predict_udf(model_dir: str, batch_size: int = 256, spark: SparkSession | Non
         read or decoded).
 
     Raises:
-        ScoreError: no active session, or a bad model directory.
+        ScoreError: no active session, a bad model directory, or an unknown precision.
     """
     spark = spark or SparkSession.getActiveSession()
     if spark is None:
         raise ScoreError("predict_udf needs an active SparkSession")
     model_dir, identifier, spec = open_model(model_dir)
-    model = WorkerModel.ship(spark, model_dir, identifier, spec)
+    if precision not in PRECISIONS:
+        raise ScoreError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    model = WorkerModel.ship(spark, model_dir, identifier, spec, precision)
     batch_size = max(1, int(batch_size))
 
     def skinspark_predict(values: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
@@ -59,13 +65,15 @@ def predict_udf(model_dir: str, batch_size: int = 256, spark: SparkSession | Non
     return F.pandas_udf(skinspark_predict, PREDICTION_STRUCT)
 
 
-def register_predict_udf(spark: SparkSession, model_dir: str, name: str = UDF_NAME, batch_size: int = 256):
+def register_predict_udf(
+    spark: SparkSession, model_dir: str, name: str = UDF_NAME, batch_size: int = 256, precision: str = "auto"
+):
     """Register `predict_udf(model_dir)` for Spark SQL: `SELECT skinspark_predict(path) FROM files`.
 
     Returns:
         The UDF, for DataFrame code too.
     """
-    udf = predict_udf(model_dir, batch_size, spark)
+    udf = predict_udf(model_dir, batch_size, spark, precision)
     spark.udf.register(name, udf)
     return udf
 

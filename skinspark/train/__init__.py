@@ -41,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from skinspark import schema, session, storage
+from skinspark import precision, schema, session, storage
 from skinspark.config import TrainConfig
 from skinspark.metrics import baselines, classification_metrics, melanoma_threshold
 from skinspark.model import build_model
@@ -61,6 +61,7 @@ from skinspark.train.recipe import CLASS_WEIGHT_MODES, class_weights, validate_c
 from skinspark.train.worker import HISTORY_COLUMNS, RankPlan
 from skinspark.versions import package_versions
 
+RANK_KEYS = ("rank", "batches", "sharding", "precision")
 TEST_SUMMARY_KEYS = ("images", "accuracy", "balanced_accuracy", "macro_f1", "loss", "macro_auc", "baselines")
 
 __all__ = [
@@ -117,7 +118,8 @@ def train(
     run = _plan_run(spark, config, ingest_manifest, data_dir)
     latest = _previous_run(directory, model_dir, resume)
     initial_epoch, history_rows = (latest[0], latest[2]["history"]) if latest is not None else (0, [])
-    model = build_model(config.model, run["input_shape"], schema.NUM_CLASSES, config.dropout)
+    with precision.policy(precision.FLOAT32):  # the saved model is float32; each user picks its own
+        model = build_model(config.model, run["input_shape"], schema.NUM_CLASSES, config.dropout)
     ranks: list[dict] = []
     train_seconds = 0.0
     if initial_epoch < config.epochs:
@@ -186,12 +188,15 @@ def _finish(
 ) -> TrainResult:
     """Evaluate on the test split, then write the model directory with its manifest."""
     height, width = run["input_shape"][0], run["input_shape"][1]
+    # The driver predicts in the precision its own CPU resolves to; the saved model stays float32.
+    evaluated_in = precision.resolve(config.precision)
+    evaluator = precision.in_precision(model, evaluated_in)
     # The melanoma operating point is fixed on the validation split, then reported on the test split.
     validation = read_split(f"{data_url}/split=val", height, width, workers=config.workers_per_rank)
-    validation_probabilities = model.predict(validation["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+    validation_probabilities = evaluator.predict(validation["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     threshold = melanoma_threshold(validation["label"], validation_probabilities)
     test = read_split(f"{data_url}/split=test", height, width, workers=config.workers_per_rank)
-    probabilities = model.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+    probabilities = evaluator.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     test_metrics = classification_metrics(test["label"], probabilities, melanoma_threshold=threshold)
     test_metrics["baselines"] = baselines(test["label"])
     trained = history[history["epoch"] > run["initial_epoch"]]
@@ -211,7 +216,12 @@ def _finish(
         "epochs": config.epochs,
         "initial_epoch": run["initial_epoch"],
         "epochs_trained": len(trained),
-        "ranks": [{key: rank[key] for key in ("rank", "batches", "sharding")} for rank in run["ranks"]],
+        "ranks": [{key: rank[key] for key in RANK_KEYS} for rank in run["ranks"]],
+        "precision": {
+            "requested": config.precision,
+            "trained_in": sorted({rank["precision"] for rank in run["ranks"]}),
+            "evaluated_in": evaluated_in,
+        },
         "class_weight": {schema.LABELS[index]: weight for index, weight in weights.items()},
         "training_seconds": round(run["training_seconds"], 3),
         "images_per_second": round(float(trained["images_per_second"].mean()), 1) if len(trained) else None,

@@ -76,6 +76,19 @@ def write_outputs(
     write_json_atomic(directory / MANIFEST_FILE, manifest)
 
 
+def precision_line(manifest: dict) -> str:
+    """Which precision the ranks trained in and the driver evaluated in, and what was asked for."""
+    record = manifest["precision"]
+    ranks = [rank["precision"] for rank in manifest["ranks"]]
+    trained = ", ".join(
+        f"{name} on {ranks.count(name)} of {len(ranks)} rank(s)" for name in record["trained_in"]
+    )
+    return (
+        f"precision: {trained or 'nothing trained in this run'} (requested {record['requested']}); "
+        f"test split evaluated in {record['evaluated_in']}"
+    )
+
+
 def summary(result: TrainResult) -> str:
     """A one-screen summary of a training run: what ran, then the test metrics."""
     manifest = result.manifest
@@ -96,5 +109,6 @@ def summary(result: TrainResult) -> str:
         )
     lines.append("test split: " + metrics_module.summary(result.metrics))
     lines.append("  " + metrics_module.against_baselines(result.metrics))
+    lines.append("  " + precision_line(manifest))
     lines.append(f"model: {result.model_dir}")
     return "\n".join(lines)

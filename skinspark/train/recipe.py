@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from skinspark import schema
 from skinspark.config import TrainConfig
 from skinspark.model import MODELS
+from skinspark.precision import PRECISIONS
 
 CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
 # How gradients travel between ranks: as they are, or as float16 (Horovod's Compression.fp16).
@@ -31,6 +32,10 @@ def validate_config(config: TrainConfig) -> None:
         (
             config.class_weight in CLASS_WEIGHT_MODES,
             f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {config.class_weight!r}",
+        ),
+        (
+            config.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}",
         ),
         (config.num_proc >= 0, f"num_proc must be >= 0 (0: all task slots), got {config.num_proc}"),
         (config.shuffle_buffer >= 1, f"shuffle_buffer must be at least 1, got {config.shuffle_buffer}"),

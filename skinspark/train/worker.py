@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from skinspark import schema
+from skinspark import precision, schema
 from skinspark.config import TrainConfig
 from skinspark.model import build_model
 from skinspark.train.checkpoints import CHECKPOINTS, restore_checkpoint, write_checkpoint
@@ -65,6 +65,7 @@ class RankPlan:
     warmup_steps: int
     label_smoothing: float
     clip_norm: float
+    precision: str  # as requested: each rank resolves `auto` on its own CPU
     reduce_lr_patience: int
     reduce_lr_factor: float
     min_learning_rate: float
@@ -97,6 +98,7 @@ class RankPlan:
             warmup_steps=config.warmup_steps,
             label_smoothing=config.label_smoothing,
             clip_norm=config.clip_norm,
+            precision=config.precision,
             reduce_lr_patience=config.reduce_lr_patience,
             reduce_lr_factor=config.reduce_lr_factor,
             min_learning_rate=config.min_learning_rate,
@@ -115,8 +117,9 @@ def train_worker(plan: RankPlan) -> dict:
     """Train on one Horovod rank, as `plan` says. Runs in every rank's process.
 
     Returns:
-        {"rank", "size", "batches", "sharding"}; rank 0 adds "history" (all epochs, including those
-        of a resumed run) and "weights" (the final model weights as NumPy arrays).
+        {"rank", "size", "batches", "sharding", "precision" (what this rank trained in)}; rank 0 adds
+        "history" (all epochs, including those of a resumed run) and "weights" (the final model
+        weights as NumPy arrays).
 
     Raises:
         Whatever stopped this rank, after writing `error_dir/rank-<r>.json` for the driver.
@@ -200,6 +203,9 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(plan.task_cpus)
     tf.config.threading.set_inter_op_parallelism_threads(plan.task_cpus)
     tf.keras.utils.set_random_seed(plan.seed + rank)
+    # Decided here, on this rank's CPU: a cluster can mix machines with and without bfloat16 units.
+    chosen = precision.resolve(plan.precision)
+    precision.use(chosen)
     height, width, _ = plan.input_shape
     progress = watchdog.progress if watchdog is not None else (lambda where: None)
 
@@ -235,7 +241,7 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
             callbacks=_callbacks(hvd, plan, scaled_lr, log),
             verbose=2 if rank == 0 else 0,
         )
-    result = {"rank": rank, "size": size, "batches": log.batches, "sharding": sharding}
+    result = {"rank": rank, "size": size, "batches": log.batches, "sharding": sharding, "precision": chosen}
     if rank == 0:
         result["history"] = log.history
         result["weights"] = model.get_weights()

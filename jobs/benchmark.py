@@ -4,10 +4,12 @@
     spark-submit --master 'local[2]' jobs/benchmark.py --work bench-output --sections learning
 
 Generates a HAM10000-shaped dataset (or reuses `--data DIR`), then times each path and its baselines
-side by side. Sections: `ingest`, `train` (one epoch of Horovod on Spark against Keras `fit` on
-in-memory arrays), `score` (the scoring job against a thread-pool process and Spark's
-`predict_batch_udf`), and `learning` (the paper's 25 epochs on a lesion split and on an image split;
-about an hour on 2 cores, so not in the default set). Figures of earlier runs in the same JSON file
+side by side. Sections: `ingest`, `train` (an epoch of Horovod on Spark against Keras `fit` on
+in-memory arrays, in float32 and in bfloat16), `score` (the scoring job against a thread-pool process
+and Spark's `predict_batch_udf`, in both precisions, and how far their predictions agree), `learning`
+(the paper's 25 epochs split by lesion, by image, and after oversampling before the split; about an
+hour on 2 cores, so not in the default set) and `learning_precision` (the lesion split's 25 epochs in
+float32 and in bfloat16). Figures of earlier runs in the same JSON file
 are kept; a section run again replaces its own. Also `python jobs/benchmark.py ...` and the console
 script `skinspark-benchmark`.
 """
@@ -26,7 +28,7 @@ from skinspark.tools import benchmark
 from skinspark.tools.synthetic import generate
 from skinspark.versions import package_versions
 
-SECTIONS = ("ingest", "train", "score", "learning")
+SECTIONS = ("ingest", "train", "score", "learning", "learning_precision")
 DEFAULT_SECTIONS = "ingest,train,score"
 
 
@@ -95,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                 train_config = configs["train"].job
                 if args.epochs:
                     train_config = dataclasses.replace(train_config, epochs=args.epochs)
-                results["learning"] = benchmark.bench_learning(
-                    spark, data, work, configs["ingest"].job, train_config
+                bench = (
+                    benchmark.bench_learning if section == "learning" else benchmark.bench_learning_precision
                 )
+                results[section] = bench(spark, data, work, configs["ingest"].job, train_config)
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(results, indent=2))
             print(json.dumps({section: results[section]}, indent=2), flush=True)

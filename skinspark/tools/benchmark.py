@@ -26,7 +26,7 @@ import pandas as pd  # module level: pandas_udf resolves the decode UDF's type h
 from PIL import Image
 from pyspark.sql import SparkSession
 
-from skinspark import schema
+from skinspark import precision, schema
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.images import list_images
 from skinspark.ingest import ingest
@@ -171,15 +171,18 @@ def bench_learning(
     work_dir: Path,
     ingest_config: IngestConfig,
     train_config: TrainConfig,
+    protocols: tuple[str, ...] = LEARNING_PROTOCOLS,
+    suffix: str = "",
 ) -> dict:
     """Train the same model three ways: split by lesion (the job's default), split by image, and split
     by image after oversampling the rare classes (the copies cross the split).
 
     All runs use the same images, seed and training config; only the split (and, for the third, the
-    copies) differ. The gaps between their test figures are what the two mistakes add.
+    copies) differ. The gaps between their test figures are what the two mistakes add. `protocols`
+    runs some of them only; `suffix` names their model directories apart.
     """
     runs = {}
-    for protocol in LEARNING_PROTOCOLS:
+    for protocol in protocols:
         source = data_dir
         if protocol == "oversampled_before_split":
             source = oversampled_copy(data_dir, work_dir / "learning-oversampled-data", OVERSAMPLE_TO)
@@ -188,7 +191,7 @@ def bench_learning(
         image_dirs = [str(source / folder) for folder in schema.IMAGE_FOLDERS]
         config = dataclasses.replace(ingest_config, split_by=split_by)
         ingest(spark, image_dirs, str(source / schema.METADATA_FILE), str(table), config)
-        model_dir = work_dir / f"learning-model-{protocol}"
+        model_dir = work_dir / f"learning-model-{protocol}{suffix}"
         manifest, metrics, history = _finished_training(model_dir, train_config)
         if manifest is None:  # not trained yet with this config: train (a finished run is reused)
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -207,11 +210,38 @@ def bench_learning(
             },
         }
     lesion = runs["split_by_lesion"]["test"]
-    for protocol in LEARNING_PROTOCOLS[1:]:
+    for protocol in [name for name in protocols if name != "split_by_lesion"]:
         runs[f"inflation_{protocol}_points"] = {
             key: round(100 * (runs[protocol]["test"][key] - lesion[key]), 2)
             for key in ("accuracy", "balanced_accuracy")
         }
+    runs["config"] = dataclasses.asdict(train_config)
+    return runs
+
+
+def bench_learning_precision(
+    spark: SparkSession,
+    data_dir: Path,
+    work_dir: Path,
+    ingest_config: IngestConfig,
+    train_config: TrainConfig,
+) -> dict:
+    """The learning benchmark's lesion split trained in float32 and in bfloat16: same table, seed
+    and recipe. bfloat16 should not learn worse (balanced accuracy within 0.02)."""
+    runs = {}
+    for kind in (precision.FLOAT32, precision.BFLOAT16):
+        config = dataclasses.replace(train_config, precision=kind)
+        learned = bench_learning(
+            spark, data_dir, work_dir, ingest_config, config, ("split_by_lesion",), f"-{kind}"
+        )
+        runs[kind] = learned["split_by_lesion"]
+    runs["balanced_accuracy_bfloat16_minus_float32"] = round(
+        runs["bfloat16"]["test"]["balanced_accuracy"] - runs["float32"]["test"]["balanced_accuracy"], 4
+    )
+    runs["speed_up_bfloat16_over_float32"] = round(
+        runs["bfloat16"]["images_per_second"] / runs["float32"]["images_per_second"], 3
+    )
+    runs["target"] = {"balanced_accuracy_difference_max": 0.02}
     runs["config"] = dataclasses.asdict(train_config)
     return runs
 
@@ -251,7 +281,9 @@ def _finished_training(model_dir: Path, config: TrainConfig):
     if not path.is_file():
         return None, None, None
     manifest = json.loads(path.read_text())
-    if manifest.get("status") != "complete" or manifest.get("config") != dataclasses.asdict(config):
+    recorded = dict(manifest.get("config") or {})
+    recorded.setdefault("precision", precision.FLOAT32)  # a run from before the key trained in float32
+    if manifest.get("status") != "complete" or recorded != dataclasses.asdict(config):
         return None, None, None
     metrics = json.loads((model_dir / "metrics.json").read_text())
     return manifest, metrics, pd.read_csv(model_dir / "history.csv")
@@ -274,54 +306,72 @@ def _ensure_table(spark: SparkSession, data_dir: Path, work_dir: Path, config: I
 def bench_train_throughput(
     spark: SparkSession, data_dir: Path, work_dir: Path, ingest_config: IngestConfig, config: TrainConfig
 ) -> dict:
-    """Epoch throughput: (a) Horovod on Spark, 2 ranks of one core each, reading Petastorm shards,
-    against (b) the paper's way: one process running Keras `fit` on the same training images held in a
-    NumPy array, with TensorFlow's default threads (all cores); same model, class weights and global
-    batch. Each side runs two epochs and the second (steady state) is compared; the first includes
-    graph tracing and reader start.
+    """Epoch throughput in float32 and in bfloat16: (a) Horovod on Spark, 2 ranks of one core each,
+    reading Petastorm shards, against (b) the paper's way: one process running Keras `fit` on the same
+    training images held in a NumPy array, with TensorFlow's default threads (all cores); same model,
+    class weights, global batch and precision. Each side runs two epochs and the second (steady state)
+    is compared; the first includes graph tracing and reader start.
     """
+    from skinspark.train import petastorm_url, read_split
+
+    table = _ensure_table(spark, data_dir, work_dir, ingest_config)
+    height, width = ingest_config.height, ingest_config.width
+    train_split = read_split(petastorm_url(table.absolute().as_uri()) + "/split=train", height, width)
+    figures: dict = {"train_images": int(len(train_split["label"])), "global_batch": config.batch_size * 2}
+    for kind in (precision.FLOAT32, precision.BFLOAT16):
+        figures[kind] = _train_throughput(spark, table, work_dir, config, train_split, kind)
+    figures["speed_up_bfloat16_over_float32"] = {
+        side: round(
+            figures["bfloat16"][key]["images_per_second"] / figures["float32"][key]["images_per_second"], 3
+        )
+        for side, key in (("a", "a_horovod_on_spark"), ("b", "b_keras_fit_in_memory"))
+    }
+    figures["targets"] = {"a_over_b": 0.9, "bfloat16_speed_up_a": 2.0}
+    return figures
+
+
+def _train_throughput(
+    spark: SparkSession, table: Path, work_dir: Path, config: TrainConfig, train_split: dict, kind: str
+) -> dict:
+    """One precision's side by side: the training job (a) and Keras `fit` in memory (b)."""
     import tensorflow as tf
 
     from skinspark.model import build_model
-    from skinspark.train import class_weights, petastorm_url, read_split
+    from skinspark.train import class_weights
 
     ranks = 2
-    table = _ensure_table(spark, data_dir, work_dir, ingest_config)
-    config = dataclasses.replace(config, epochs=2, num_proc=ranks)
-    model_dir = work_dir / "train-throughput-model"
+    config = dataclasses.replace(config, epochs=2, num_proc=ranks, precision=kind)
+    model_dir = work_dir / f"train-throughput-model-{kind}"
     shutil.rmtree(model_dir, ignore_errors=True)
     result = train(spark, str(table), str(model_dir), config, "")
     ours = result.history.iloc[-1]
 
-    height, width = ingest_config.height, ingest_config.width
-    train_split = read_split(petastorm_url(table.absolute().as_uri()) + "/split=train", height, width)
     labels = train_split["label"]
     counts = {label: int((labels == index).sum()) for index, label in enumerate(schema.LABELS)}
-    weights = class_weights(counts, config.class_weight)
     tf.keras.utils.set_random_seed(config.seed)
-    model = build_model(config.model, (height, width, 3), schema.NUM_CLASSES, config.dropout)
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(config.learning_rate * ranks),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     timer = _epoch_timer()
-    model.fit(
-        train_split["image"],
-        labels,
-        batch_size=config.batch_size * ranks,
-        epochs=2,
-        shuffle=True,
-        class_weight=weights,
-        callbacks=[timer],
-        verbose=0,
-    )
+    with precision.policy(kind):  # the baseline computes in the same precision as the job
+        model = build_model(config.model, train_split["image"].shape[1:], schema.NUM_CLASSES, config.dropout)
+        model.compile(
+            optimizer=tf.keras.optimizers.Adam(config.learning_rate * ranks),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        model.fit(
+            train_split["image"],
+            labels,
+            batch_size=config.batch_size * ranks,
+            epochs=2,
+            shuffle=True,
+            class_weight=class_weights(counts, config.class_weight),
+            callbacks=[timer],
+            verbose=0,
+        )
     baseline_rate = len(labels) / timer.seconds[-1]
     return {
-        "train_images": int(len(labels)),
-        "global_batch": config.batch_size * ranks,
         "a_horovod_on_spark": {
             "ranks": ranks,
+            "precision": result.manifest["precision"]["trained_in"],
             "epoch_seconds": [round(float(value), 2) for value in result.history["seconds"]],
             "images_per_second": round(float(ours["images_per_second"]), 1),
             "augment": config.augment,
@@ -332,7 +382,6 @@ def bench_train_throughput(
             "tensorflow_threads": "default (all cores)",
         },
         "ratio_a_over_b": round(float(ours["images_per_second"]) / baseline_rate, 3),
-        "target": 0.9,
     }
 
 
@@ -368,11 +417,13 @@ def bench_score(
     config: ScoreConfig,
     archive_files: int = 50000,
 ) -> dict:
-    """Scoring the dataset's JPEGs with one model: (a) the scoring job on the session's master;
-    (b) one Python process decoding with the same function in a pool of as many threads as cores and
-    calling `model.predict` in batches; (c) Spark's `predict_batch_udf` with the same decoding. Then
-    the peak memory of the scoring job (its JVM and Python workers) on the archive and on an archive
-    of `archive_files` files (the same JPEGs hard-linked under more names), each in its own process.
+    """Scoring the dataset's JPEGs with one model, in float32 and in bfloat16: (a) the scoring job on
+    the session's master; (b) one Python process decoding with the same function in a pool of as many
+    threads as cores and calling `predict_on_batch`; (c) Spark's `predict_batch_udf` with the same
+    decoding; each baseline in the same precision as the job it is compared with. Then how far the
+    two precisions' predictions agree, and the peak memory of the scoring job (its JVM and Python
+    workers) on the archive and on an archive of `archive_files` files (the same JPEGs hard-linked
+    under more names), each in its own process.
     """
     from skinspark.score import score
 
@@ -384,38 +435,74 @@ def bench_score(
         table = _ensure_table(spark, data_dir, work_dir, ingest_config)
         shutil.rmtree(model_dir, ignore_errors=True)
         train(spark, str(table), str(model_dir), dataclasses.replace(train_config, epochs=1), "")
-    image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
     warm_seconds, _ = _timed(
         lambda: score(
             spark, str(model_dir), str(work_dir / "score-warm-up"), config, [str(p) for p in files[:200]]
         )
     )
+    figures: dict = {"images": len(files), "master": spark.sparkContext.master}
+    figures["warm_up_seconds"] = round(warm_seconds, 3)
+    for kind in (precision.FLOAT32, precision.BFLOAT16):
+        figures[kind] = _score_sides(spark, files, data_dir, work_dir, model_dir, config, kind)
+    figures["speed_up_bfloat16_over_float32"] = {
+        side: round(
+            figures["bfloat16"][side]["images_per_second"] / figures["float32"][side]["images_per_second"], 3
+        )
+        for side in ("a_score_job", "b_thread_pool_single_process", "c_predict_batch_udf")
+    }
+    figures["bfloat16_against_float32"] = prediction_agreement(
+        spark, *(work_dir / f"score-output-{kind}" for kind in (precision.FLOAT32, precision.BFLOAT16))
+    )
+    figures["targets"] = {
+        "a_over_b": 0.9,
+        "a_over_c": 1.5,
+        "memory_ratio_max": 1.2,
+        "bfloat16_speed_up_a": 1.3,
+        "argmax_agreement_min": 0.99,
+        "max_probability_difference": 0.01,
+    }
+    figures["memory"] = score_memory(data_dir, work_dir, model_dir, archive_files)
+    return figures
+
+
+def _score_sides(
+    spark: SparkSession,
+    files: list[Path],
+    data_dir: Path,
+    work_dir: Path,
+    model_dir: Path,
+    config: ScoreConfig,
+    kind: str,
+) -> dict:
+    """One precision's side by side: the job with each reader (a), the thread pool (b), (c)."""
+    from skinspark.score import score
+
+    image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
     jobs = {}
-    for reader in ("python", "spark"):
-        reader_config = dataclasses.replace(config, reader=reader)
+    for reader in ("spark", "python"):  # python last: its output is the one compared across precisions
+        reader_config = dataclasses.replace(config, reader=reader, precision=kind)
         jobs[reader] = _rounds(
             lambda c=reader_config: score(
-                spark, str(model_dir), str(work_dir / "score-output"), c, image_dirs
+                spark, str(model_dir), str(work_dir / f"score-output-{kind}"), c, image_dirs
             ),
             len(files),
             lambda result: {
                 "rows": result.manifest.get("counts", {}).get("rows"),
                 "status": result.manifest["status"],
+                "precision": result.manifest["run"].get("workers", {}).get("precision"),
             },
         )
     cores = spark.sparkContext.defaultParallelism
-    seconds_b, _ = _timed(lambda: thread_pool_scoring(files, model_dir, config.batch_size, cores))
-    seconds_c, _ = _timed(lambda: predict_batch_udf_scoring(spark, image_dirs, model_dir, config.batch_size))
+    seconds_b, _ = _timed(lambda: thread_pool_scoring(files, model_dir, config.batch_size, cores, kind))
+    seconds_c, _ = _timed(
+        lambda: predict_batch_udf_scoring(spark, image_dirs, model_dir, config.batch_size, kind)
+    )
     rate = {
         "a": jobs["python"]["images_per_second"],
         "b": len(files) / seconds_b,
         "c": len(files) / seconds_c,
     }
-    memory = score_memory(data_dir, work_dir, model_dir, archive_files)
     return {
-        "images": len(files),
-        "master": spark.sparkContext.master,
-        "warm_up_seconds": round(warm_seconds, 3),
         "a_score_job": jobs["python"],
         "a_score_job_reader_spark": jobs["spark"],
         "b_thread_pool_single_process": {
@@ -427,12 +514,38 @@ def bench_score(
         "ratio_a_over_b": round(rate["a"] / rate["b"], 3),
         "ratio_a_over_c": round(rate["a"] / rate["c"], 3),
         "ratio_reader_spark_over_b": round(jobs["spark"]["images_per_second"] / rate["b"], 3),
-        "targets": {"a_over_b": 0.9, "a_over_c": 1.5, "memory_ratio_max": 1.2},
-        "memory": memory,
     }
 
 
-def thread_pool_scoring(files: list[Path], model_dir: Path, batch_size: int, threads: int) -> np.ndarray:
+def prediction_agreement(spark: SparkSession, first: Path, second: Path) -> dict:
+    """How far two scoring outputs of the same files agree: the share of equal arg-max labels and the
+    largest difference of any class probability, over the files both predicted."""
+    from pyspark.sql import functions as F
+
+    columns = [f"prob_{label}" for label in schema.LABELS]
+
+    def read(path: Path, suffix: str):
+        frame = spark.read.parquet(str(path)).where(F.col("predicted_dx").isNotNull())
+        return frame.select(
+            "path", F.col("predicted_dx").alias(f"dx{suffix}"), *[F.col(c).alias(c + suffix) for c in columns]
+        )
+
+    joined = read(first, "_a").join(read(second, "_b"), "path").toPandas()
+    a = joined[[c + "_a" for c in columns]].to_numpy()
+    b = joined[[c + "_b" for c in columns]].to_numpy()
+    return {
+        "files": int(len(joined)),
+        "argmax_agreement": round(float((joined["dx_a"] == joined["dx_b"]).mean()), 5)
+        if len(joined)
+        else None,
+        "max_probability_difference": round(float(np.abs(a - b).max()), 5) if len(joined) else None,
+        "mean_probability_difference": round(float(np.abs(a - b).mean()), 6) if len(joined) else None,
+    }
+
+
+def thread_pool_scoring(
+    files: list[Path], model_dir: Path, batch_size: int, threads: int, kind: str = precision.FLOAT32
+) -> np.ndarray:
     """Baseline (b): decode in a thread pool, predict each batch with one `predict_on_batch` call.
 
     The next batch is decoded while the current one is predicted, as a careful user would write it.
@@ -442,7 +555,7 @@ def thread_pool_scoring(files: list[Path], model_dir: Path, batch_size: int, thr
     from skinspark.model_dir import load_model, read_preprocessing
 
     spec = read_preprocessing(str(model_dir))
-    model = load_model(str(model_dir))
+    model = precision.in_precision(load_model(str(model_dir)), kind)
 
     def decode(path: Path) -> np.ndarray:
         return decode_image(path.read_bytes(), spec["height"], spec["width"], spec["decoder"])
@@ -460,7 +573,11 @@ def thread_pool_scoring(files: list[Path], model_dir: Path, batch_size: int, thr
 
 
 def predict_batch_udf_scoring(
-    spark: SparkSession, image_dirs: list[str], model_dir: Path, batch_size: int
+    spark: SparkSession,
+    image_dirs: list[str],
+    model_dir: Path,
+    batch_size: int,
+    kind: str = precision.FLOAT32,
 ) -> int:
     """Baseline (c): Spark's own `pyspark.ml.functions.predict_batch_udf`, fed by a pandas UDF that
     decodes with the same function (the UDF takes numeric arrays, not encoded bytes)."""
@@ -481,9 +598,10 @@ def predict_batch_udf_scoring(
         )
 
     def make_predict_fn():
+        from skinspark import precision as precision_module
         from skinspark.model_dir import load_model
 
-        model = load_model(location)
+        model = precision_module.in_precision(load_model(location), kind)
 
         def predict(inputs: np.ndarray) -> np.ndarray:
             return np.asarray(model.predict_on_batch(inputs.astype(np.uint8)))

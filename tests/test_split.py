@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skinspark import schema
-from skinspark.split import assign_splits, check_fractions
+from skinspark.ingest.split import assign_splits, check_fractions
 
 
 def _lesions(sizes_by_class: dict[str, list[int]]) -> pd.DataFrame:

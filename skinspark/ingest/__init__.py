@@ -54,9 +54,9 @@ from skinspark.ingest.report import (
     manifest_for,
     summary,
 )
+from skinspark.ingest.split import check_fractions
 from skinspark.ingest.table import write_table
 from skinspark.manifest import publish, staging_path, write_record
-from skinspark.split import check_fractions
 
 __all__ = [
     "CORRUPT_COLUMN",

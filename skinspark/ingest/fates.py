@@ -17,9 +17,9 @@ from pyspark.sql import types as T
 from skinspark import images, schema
 from skinspark.config import IngestConfig
 from skinspark.ingest.metadata import CORRUPT_COLUMN, ROW_NUMBER
+from skinspark.ingest.split import assign_splits
 from skinspark.preprocess import ImageError, decode_many
 from skinspark.session import query_settings
-from skinspark.split import assign_splits
 
 
 def list_files(spark: SparkSession, frame: DataFrame, config: IngestConfig) -> pd.DataFrame:

@@ -98,14 +98,41 @@ def test_a_model_trained_in_one_precision_predicts_in_either(tmp_path, trained_i
     for kind in ("float32", "bfloat16"):
         converted = precision.in_precision(loaded, kind)
         assert precision.model_precision(converted) == kind
-        assert all(
-            np.array_equal(a, b) for a, b in zip(converted.get_weights(), model.get_weights(), strict=True)
-        )
+        # Converted to bfloat16, the input's 1/255 moves into conv1's kernel (uint8 is exact in bfloat16).
+        folded = converted.get_layer("rescaling").scale == 1.0
+        assert folded == (kind == "bfloat16" and trained_in == "float32")
+        for layer in model.layers:
+            expected = layer.get_weights()
+            if folded and layer.name == "conv1":
+                expected = [expected[0] / 255, *expected[1:]]
+            got = converted.get_layer(layer.name).get_weights()
+            assert all(np.allclose(a, b, rtol=1e-6, atol=0) for a, b in zip(got, expected, strict=True))
         outputs[kind] = converted.predict(images, batch_size=32, verbose=0)
         assert outputs[kind].dtype == np.float32
         assert np.allclose(outputs[kind].sum(axis=1), 1.0, atol=1e-5)
     assert np.abs(outputs["float32"] - outputs["bfloat16"]).max() < 0.05
     assert (outputs["float32"].argmax(1) == outputs["bfloat16"].argmax(1)).mean() >= 0.9
+
+
+def test_the_input_scale_is_folded_only_where_it_can_be():
+    import tensorflow as tf
+
+    model = build_model()
+    mixed = precision.in_precision(model, "bfloat16")
+    assert mixed.get_layer("rescaling").scale == 1.0 and mixed.count_params() == model.count_params()
+    kernel = model.get_layer("conv1").get_weights()[0]
+    assert np.allclose(mixed.get_layer("conv1").get_weights()[0], kernel / 255, rtol=1e-6)
+    assert model.get_layer("rescaling").scale == pytest.approx(1 / 255)  # the original is untouched
+    pixels = np.random.default_rng(1).integers(0, 256, (8, 75, 100, 3)).astype(np.uint8)
+    assert np.abs(model.predict(pixels, verbose=0) - mixed.predict(pixels, verbose=0)).max() < 0.01
+
+    inputs = tf.keras.Input(shape=(8, 8, 3))
+    shifted = tf.keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(inputs)
+    pooled = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3, name="conv")(shifted))
+    offset_model = tf.keras.Model(inputs, tf.keras.layers.Dense(7, activation="softmax")(pooled))
+    kept = precision.in_precision(offset_model, "bfloat16")  # an offset cannot move into a kernel
+    assert kept.get_layer("rescaling").scale == pytest.approx(1 / 127.5)
+    assert kept.get_layer("global_average_pooling2d").compute_dtype == "float32"
 
 
 def test_the_worker_cache_loads_each_precision_once(tmp_path):

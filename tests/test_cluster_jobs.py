@@ -29,9 +29,10 @@ import pytest
 
 from jobs import ingest as ingest_job
 from jobs import score as score_job
-from skinspark import schema
+from skinspark import precision, schema
 from skinspark.tools import cluster
 from skinspark.tools.synthetic import generate
+from skinspark.train.data import EVAL_BATCH_SIZE
 
 pytestmark = pytest.mark.cluster
 
@@ -299,13 +300,14 @@ def test_training_on_local_cluster_saves_the_model_it_trained(
     assert [rank["batches"] for rank in manifest["ranks"]] == [steps, steps]
     assert pd.read_csv(model / "history.csv")["epoch"].tolist() == [1]
     assert sorted(path.name for path in (model / "checkpoints").iterdir()) == ["epoch-0001"]
-    # test_predictions.csv holds what the in-memory model (rank 0's weights, on the driver) predicted;
-    # the saved model.keras predicts the same for every test image.
+    # test_predictions.csv holds what the in-memory model (rank 0's weights, on the driver) predicted,
+    # in the driver's precision; the saved model.keras in that precision predicts the same.
     predictions = pd.read_csv(model / "test_predictions.csv")
     test = read_split(f"file://{table}/split=test", 75, 100)
     assert len(test["image_id"]) == rows["test"] > 0
     assert predictions["image_id"].tolist() == test["image_id"].tolist()
-    reloaded = load_model(str(model)).predict(test["image"], verbose=0)
+    evaluated = precision.in_precision(load_model(str(model)), manifest["precision"]["evaluated_in"])
+    reloaded = evaluated.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     np.testing.assert_allclose(reloaded, predictions[list(schema.PROB_COLUMNS)].to_numpy(), atol=1e-6)
     assert json.loads((model / "metrics.json").read_text())["images"] == rows["test"]
 

@@ -128,11 +128,13 @@ def test_the_input_scale_is_folded_only_where_it_can_be():
 
     inputs = tf.keras.Input(shape=(8, 8, 3))
     shifted = tf.keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(inputs)
-    pooled = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3, name="conv")(shifted))
+    pooled = tf.keras.layers.GlobalAveragePooling2D(name="pool")(
+        tf.keras.layers.Conv2D(4, 3, name="conv")(shifted)
+    )
     offset_model = tf.keras.Model(inputs, tf.keras.layers.Dense(7, activation="softmax")(pooled))
     kept = precision.in_precision(offset_model, "bfloat16")  # an offset cannot move into a kernel
     assert kept.get_layer("rescaling").scale == pytest.approx(1 / 127.5)
-    assert kept.get_layer("global_average_pooling2d").compute_dtype == "float32"
+    assert kept.get_layer("pool").compute_dtype == "float32"
 
 
 def test_the_worker_cache_loads_each_precision_once(tmp_path):

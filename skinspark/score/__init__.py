@@ -37,7 +37,6 @@ from skinspark.config import ScoreConfig
 from skinspark.images import IMAGE_KINDS, scan_settings
 from skinspark.manifest import write_record
 from skinspark.model_dir import melanoma_threshold_of
-from skinspark.precision import PRECISIONS
 from skinspark.score import chunks
 from skinspark.score.chunks import (
     CHUNK,
@@ -67,6 +66,7 @@ from skinspark.score.report import (
     METRICS_FILE,
     ScoreError,
     ScoreResult,
+    check_precision,
     count_output,
     labelled_metrics,
     start_manifest,
@@ -241,8 +241,7 @@ def _check_config(config: ScoreConfig) -> None:
             raise ScoreError(f"{name} must be at least 1, got {getattr(config, name)}")
     if not 0.0 <= config.max_bad_fraction <= 1.0:
         raise ScoreError(f"max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
-    if config.precision not in PRECISIONS:
-        raise ScoreError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    check_precision(config.precision)
 
 
 def _settings(spark: SparkSession, config: ScoreConfig) -> dict[str, str]:

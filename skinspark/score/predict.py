@@ -69,11 +69,11 @@ class WorkerModel:
         """The precision this worker predicts in: `precision` resolved on this machine's CPU."""
         return precision_module.resolve(self.precision)
 
-    def loader(self) -> Callable[[], object]:
-        """Returns the model, loaded on this process's first call (`skinspark.model_cache`)."""
-        return functools.partial(
-            model_cache.get_model, self.local_dir(), self.identifier, self.threads, self.worker_precision()
-        )
+    def loader(self, precision: str) -> Callable[[], object]:
+        """Returns the model computing in `precision` (`worker_precision()`), loaded on this
+        process's first call (`skinspark.model_cache`)."""
+        location = self.local_dir()
+        return functools.partial(model_cache.get_model, location, self.identifier, self.threads, precision)
 
 
 def predict_frame(
@@ -192,8 +192,8 @@ def score_partition(
     With `reader` set, each batch holds files by `path`: their bytes are read here ("python") or
     come in Spark's `content` column ("spark").
     """
-    load = model.loader()
-    chosen = model.worker_precision()
+    chosen = model.worker_precision()  # once per task: the CPU's flags read and any warning given once
+    load = model.loader(chosen)
     for batch in batches:
         if reader is not None:
             batch = batch.assign(**{data_column: list(batch_contents(batch, reader))})

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from skinspark import schema, storage
+from skinspark import precision, schema, storage
 from skinspark.config import ScoreConfig
 from skinspark.errors import JobError
 from skinspark.manifest import JobResult, to_json
@@ -145,6 +145,14 @@ def verdict(manifest: dict, config: ScoreConfig) -> dict:
             ),
         )
     return verdict
+
+
+def check_precision(requested: str) -> None:
+    """ScoreError unless `requested` is one of `skinspark.precision.PRECISIONS`."""
+    try:
+        precision.validate(requested)
+    except ValueError as error:
+        raise ScoreError(str(error)) from None
 
 
 def worker_summary(stats: dict) -> dict:

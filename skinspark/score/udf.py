@@ -14,7 +14,6 @@ from skinspark.images import (
     CONTENT,
     read_files,
 )
-from skinspark.precision import PRECISIONS
 from skinspark.preprocess import ImageError
 from skinspark.score.columns import (
     PREDICTED_DX,
@@ -22,7 +21,7 @@ from skinspark.score.columns import (
     PREDICTION_STRUCT,
 )
 from skinspark.score.predict import WorkerModel, open_model, predict_frame
-from skinspark.score.report import ScoreError
+from skinspark.score.report import ScoreError, check_precision
 
 UDF_NAME = "skinspark_predict"
 
@@ -54,8 +53,7 @@ def predict_udf(
     if spark is None:
         raise ScoreError("predict_udf needs an active SparkSession")
     model_dir, identifier, spec = open_model(model_dir)
-    if precision not in PRECISIONS:
-        raise ScoreError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     model = WorkerModel.ship(spark, model_dir, identifier, spec, precision)
     batch_size = max(1, int(batch_size))
 
@@ -82,7 +80,7 @@ def predict_series(
     values: Iterator[pd.Series], model: WorkerModel, batch_size: int
 ) -> Iterator[pd.DataFrame]:
     """The UDF's body: paths are read here, bytes taken as they are, `batch_size` rows at a time."""
-    load = model.loader()
+    load = model.loader(model.worker_precision())
     for series in values:
         parts = []
         for start in range(0, len(series), batch_size):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, parse_overrides
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config
-from skinspark.tools import benchmark
+from skinspark.tools import benchmark, learning
 from skinspark.tools.synthetic import generate
 from skinspark.versions import package_versions
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.epochs:
                     train_config = dataclasses.replace(train_config, epochs=args.epochs)
                 bench = (
-                    benchmark.bench_learning if section == "learning" else benchmark.bench_learning_precision
+                    learning.bench_learning if section == "learning" else learning.bench_learning_precision
                 )
                 results[section] = bench(spark, data, work, configs["ingest"].job, train_config)
             output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""Train the paper's CNN on an ingested table with Horovod on Spark; evaluate it on the test split.
+"""Train the paper's CNN on an ingested table, data-parallel on Spark; evaluate it on the test split.
 
     spark-submit jobs/train.py --data out/ham10000 --output out/model --epochs 25 --batch-size 32
+    spark-submit jobs/train.py --data out/ham10000 --output out/model --backend tf_distribute
 
 Also `python jobs/train.py ...` and the console script `skinspark-train ...`. Ranks default to the
 application's task slots (default parallelism / spark.task.cpus). Exit codes: 0 done, 1 training
@@ -28,7 +29,15 @@ def args_parser() -> argparse.ArgumentParser:
         metavar="MODEL_DIR",
         help="model directory (local or shared path); holds checkpoints for --resume",
     )
-    parser.add_argument("--num-proc", type=int, help="Horovod ranks (default: the application's task slots)")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "horovod", "tf_distribute"],
+        help="data-parallel backend: horovod, or tf_distribute (MultiWorkerMirroredStrategy on a Spark "
+        "barrier stage); auto (default): horovod where it is installed, else tf_distribute",
+    )
+    parser.add_argument(
+        "--num-proc", type=int, help="ranks / workers (default: the application's task slots)"
+    )
     parser.add_argument("--epochs", type=int, help="total epochs (default 25)")
     parser.add_argument("--batch-size", type=int, help="images per batch per rank (default 32)")
     parser.add_argument(
@@ -63,6 +72,7 @@ def args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
     names = (
+        "backend",
         "num_proc",
         "epochs",
         "batch_size",

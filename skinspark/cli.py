@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 
 from skinspark.config import ConfigError, Loaded, load_config, parse_overrides
 from skinspark.manifest import JobResult
-from skinspark.session import build_session
+from skinspark.session import build_session, stop_session
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def job_session(app_name: str, master: str | None, conf: Mapping[str, str]) -> I
         yield spark
     finally:
         if not already_running:
-            spark.stop()
+            stop_session(spark)
 
 
 def flag_values(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:

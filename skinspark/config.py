@@ -47,6 +47,9 @@ class IngestConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: str = "paper_cnn"
+    # horovod (horovod.spark.run, Petastorm shards) or tf_distribute (a Spark barrier stage,
+    # MultiWorkerMirroredStrategy, pyarrow shards); auto: horovod where it is installed, else tf_distribute
+    backend: str = "auto"
     epochs: int = 25  # the paper's
     batch_size: int = 32  # per rank
     learning_rate: float = 0.0003  # per rank, scaled by the number of ranks (0.002 on 2 ranks stalls)

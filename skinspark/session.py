@@ -55,6 +55,22 @@ def build_session(
     return spark
 
 
+def stop_session(spark: SparkSession) -> None:
+    """Stop the session so that the process can end, barrier stages or not.
+
+    On Spark 3.5, a JVM that ran a barrier task keeps a non-daemon timer thread
+    (BarrierTaskContext's "Barrier task timer for barrier() calls.", made a daemon in Spark 4 by
+    SPARK-46895), so a `local[*]` driver, whose JVM runs the tasks, never exits after spark-submit;
+    executors are ended by their backends and are not affected. The timer is cancelled here, at the
+    end of the application, since a cancelled timer fails any later barrier() call in the JVM.
+    """
+    with contextlib.suppress(Exception):  # a JVM without the class or the field: nothing to cancel
+        companion = getattr(spark.sparkContext._jvm.org.apache.spark, "BarrierTaskContext$")
+        timer = getattr(getattr(companion, "MODULE$"), "org$apache$spark$BarrierTaskContext$$timer")()
+        timer.cancel()
+    spark.stop()
+
+
 def _inside_spark_submit() -> bool:
     """True when the JVM was already launched by spark-submit (its options can no longer change)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ

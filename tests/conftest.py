@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# Horovod and Petastorm are on the pinned stack only (`make setup STACK=modern` has neither).
+needs_horovod = pytest.mark.skipif(
+    importlib.util.find_spec("horovod") is None, reason="Horovod is not installed on this stack"
+)
+needs_petastorm = pytest.mark.skipif(
+    importlib.util.find_spec("petastorm") is None, reason="Petastorm is not installed on this stack"
+)
+# The data-parallel backends a whole training run is tested on, where the stack has them.
+BACKENDS = [pytest.param("horovod", marks=needs_horovod), "tf_distribute"]
 
 
 @pytest.fixture(scope="session")

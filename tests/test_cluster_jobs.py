@@ -32,7 +32,9 @@ from jobs import score as score_job
 from skinspark import precision, schema
 from skinspark.tools import cluster
 from skinspark.tools.synthetic import generate
+from skinspark.train.barrier import WORKER_RANK_ENV
 from skinspark.train.data import EVAL_BATCH_SIZE
+from tests.conftest import BACKENDS
 
 pytestmark = pytest.mark.cluster
 
@@ -333,12 +335,23 @@ def test_scoring_on_local_cluster_predicts_what_local_scoring_does(cluster_score
 # Faults
 
 
-def _rank_executor(job: Job, rank: int) -> psutil.Process:
-    """The executor JVM whose Python worker runs Horovod rank `rank` (`horovod.spark.task.gloo_exec_fn`)."""
+def _is_rank(process: psutil.Process, backend: str, rank: int) -> bool:
+    """Whether `process` is the backend's rank `rank`: Horovod's `gloo_exec_fn` (HOROVOD_RANK) or a
+    tf_distribute worker (`skinspark.train.distribute`, SKINSPARK_WORKER_RANK)."""
+    marker, variable = ("gloo_exec_fn", "HOROVOD_RANK")
+    if backend == "tf_distribute":
+        marker, variable = ("skinspark.train.distribute", WORKER_RANK_ENV)
+    with contextlib.suppress(psutil.Error):
+        return marker in _cmdline(process) and process.environ().get(variable) == str(rank)
+    return False
+
+
+def _rank_executor(job: Job, backend: str, rank: int) -> psutil.Process:
+    """The executor JVM whose Python worker runs rank `rank` of `backend`."""
     executors = {process.pid: process for process in job.executors()}
     for process in job.descendants():
-        with contextlib.suppress(psutil.Error):
-            if "gloo_exec_fn" in _cmdline(process) and process.environ().get("HOROVOD_RANK") == str(rank):
+        if _is_rank(process, backend, rank):
+            with contextlib.suppress(psutil.Error):
                 for parent in process.parents():
                     if parent.pid in executors:
                         return executors[parent.pid]
@@ -361,17 +374,25 @@ def _error_lines(job: Job, name: str) -> list[str]:
 
 
 @pytest.mark.timeout(1200)
-def test_a_killed_executor_fails_training_fast_and_resume_finishes_it(cluster_ingest, work):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_killed_executor_fails_training_fast_and_resume_finishes_it(
+    backend, cluster_ingest, work, model_artifacts
+):
     from skinspark.train import latest_checkpoint
 
     table, _ = cluster_ingest
-    model = work / "killed-model"
-    args = ["--data", str(table), "--output", str(model), *TRAIN_ARGS, "--conf", "stall_timeout_s=60"]
-    job = Job("train-killed", [*args, "--epochs", "30"], work / "logs")
+    model = work / f"killed-model-{backend}"
+    args = ["--data", str(table), "--output", str(model), *TRAIN_ARGS, "--backend", backend]
+    args += ["--conf", "stall_timeout_s=60"]
+    job = Job(f"train-killed-{backend}", [*args, "--epochs", "30"], work / "logs")
     try:
         _wait_for(lambda: (model / "checkpoints" / "epoch-0001").is_dir(), job, "first epoch's checkpoint")
-        victim = _rank_executor(job, 1)
-        ranks = [process for process in job.descendants() if "gloo_exec_fn" in _cmdline(process)]
+        victim = _rank_executor(job, backend, 1)
+        ranks = [
+            process
+            for process in job.descendants()
+            if _is_rank(process, backend, 0) or _is_rank(process, backend, 1)
+        ]
         victim.kill()
         killed = time.monotonic()
         code = job.wait(FAIL_WITHIN_S + 120)
@@ -383,18 +404,26 @@ def test_a_killed_executor_fails_training_fast_and_resume_finishes_it(cluster_in
         job.stop()
     errors = _error_lines(job, "train")
     # What the fault did (shown with `pytest -rP`).
-    print(f"[train fault] failed {failed_after:.1f} s after the kill, exit code {code}: {errors}")
+    print(f"[train fault, {backend}] failed {failed_after:.1f} s after the kill, exit code {code}: {errors}")
     assert code == 1 and failed_after < FAIL_WITHIN_S
     assert len(errors) == 1, job.tail()
-    # The killed rank is named as the cause, not the rank that only saw Horovod shut down.
-    assert errors[0].startswith("train: error: training failed: rank 1 exited first"), errors[0]
+    # The killed rank is named as the cause, not the rank that only saw its peer go.
+    assert errors[0].startswith("train: error: training failed: rank 1 exited"), errors[0]
     assert not (model / "_manifest.json").exists()
 
     epoch, _, state = latest_checkpoint(model / "checkpoints")
     assert 1 <= epoch < 30
-    resumed = Job("train-resume", [*args, "--epochs", str(epoch + 1), "--resume"], work / "logs").run()
+    resumed = Job(
+        f"train-resume-{backend}", [*args, "--epochs", str(epoch + 1), "--resume"], work / "logs"
+    ).run()
     manifest = json.loads((model / "_manifest.json").read_text())
-    print(f"[train fault] resumed after epoch {epoch}: epoch {epoch + 1} in {resumed.seconds():.0f} s")
+    # The resumed run is a whole run: its two ranks ran on the two executors, with every artifact.
+    assert _task_executors(_events(resumed)) == EXECUTORS and manifest["backend"] == backend
+    assert {path.name for path in model.iterdir()} >= model_artifacts
+    print(
+        f"[train fault, {backend}] resumed after epoch {epoch}: "
+        f"epoch {epoch + 1} in {resumed.seconds():.0f} s"
+    )
     assert manifest["initial_epoch"] == epoch and manifest["epochs"] == epoch + 1
     assert manifest["epochs_trained"] == 1
     history = pd.read_csv(model / "history.csv")

@@ -1,5 +1,6 @@
-"""Training: class weights, metrics, checkpoints, and whole runs of `jobs/train.py` on 2 Horovod ranks
-(even and uneven shards, --resume, a failing rank, a stalled rank) on a small synthetic HAM10000."""
+"""Training: class weights, metrics, checkpoints, and whole runs of `jobs/train.py` on 2 ranks of each
+backend, Horovod and tf_distribute (even and uneven shards, --resume, a failing rank, a stalled rank),
+on a small synthetic HAM10000."""
 
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ from skinspark.train import (
     write_checkpoint,
 )
 from skinspark.train.data import EVAL_BATCH_SIZE
+from tests.conftest import BACKENDS
 
 # A quick run: 2 ranks, small batches; the rest are the job's defaults.
 QUICK = ["--num-proc", "2", "--batch-size", "16"]
-# When a rank fails, Horovod cancels its Spark job and its own thread that waited on it raises.
+# When a rank fails, the backend cancels its Spark job and the thread that waited on it raises.
 HOROVOD_CANCELLED_THREAD = "ignore::pytest.PytestUnhandledThreadExceptionWarning"
 
 
@@ -240,7 +242,7 @@ def test_failure_message_names_the_first_failing_rank(tmp_path):
         "Process name: 2\nExit code: 137\n"
     )
     assert describe_failure(horovod, tmp_path / "none", 4, 600) == (
-        "training failed: rank 2 exited with code 137 without reporting an error (killed? see the "
+        "training failed: rank 2 exited without reporting an error (exit code 137: killed? see the "
         "executor's log)"
     )
     # A rank killed outright (no report of its own) that Horovod saw go first is named as the cause.
@@ -254,6 +256,24 @@ def test_failure_message_names_the_first_failing_rank(tmp_path):
     assert describe_failure(stopped, tmp_path, 4, 600).endswith(
         ": OSError: disk full (1 other rank(s) failed after it); rank 2 exited first (exit code 1)"
     )
+    # tf_distribute: a worker whose Spark task was lost (its executor killed) is named by Spark.
+    from skinspark.train.barrier import _lost_task
+
+    barrier = RuntimeError(
+        "Could not recover from a failed barrier ResultStage. Most recent failure reason: Stage failed "
+        "because barrier task ResultTask(0, 1) finished unsuccessfully.\nExecutorLostFailure (executor 1 "
+        "exited caused by one of the running tasks) Reason: Command exited with code 137"
+    )
+    lost = _lost_task(barrier, tmp_path, 2)
+    assert lost == ("1", "its Spark task was lost")
+    assert describe_failure(barrier, tmp_path / "none", 2, 600, exited=lost) == (
+        "training failed: rank 1 exited without reporting an error (its Spark task was lost: killed? see "
+        "the executor's log)"
+    )
+    # Without Spark's words, the one rank that neither reported nor returned is the lost one.
+    (tmp_path / "rank-1.json").unlink()
+    assert _lost_task(RuntimeError("stage failed"), tmp_path, 2) == ("1", "its Spark task was lost")
+    assert _lost_task(RuntimeError("stage failed"), tmp_path, 3) is None  # ranks 1 and 2: unknown
     timeout = describe_failure(Exception("Timed out waiting for tasks"), tmp_path / "none", 4, 30)
     assert "did not all start within 30 s" in timeout and "4 free task slots" in timeout
 
@@ -290,21 +310,24 @@ def test_rank_environment_sets_the_cycle_time_and_passes_horovod_knobs():
 
 
 # ------------------------------------------------------------------------------------------------
-# Whole runs on 2 Horovod ranks
+# Whole runs on 2 ranks of each backend
 # ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_end_to_end_two_ranks(backend, one_row_group, model_artifacts, tmp_path, capsys):
     model_dir = tmp_path / "model"
-    code = train_job.main(["--data", str(one_row_group), "--output", str(model_dir), "--epochs", "2", *QUICK])
+    args = ["--data", str(one_row_group), "--output", str(model_dir), "--epochs", "2", "--backend", backend]
+    code = train_job.main([*args, *QUICK])
     out = capsys.readouterr().out
     assert code == 0
     assert {path.name for path in model_dir.iterdir()} >= model_artifacts
     assert "train complete: paper_cnn (788,551 parameters), 2 epoch(s)" in out and "balanced accuracy" in out
 
     manifest = _manifest(model_dir)
+    assert manifest["backend"] == backend
     ingest_manifest = json.loads((one_row_group / "_manifest.json").read_text())
     train_rows = ingest_manifest["counts"]["splits"]["train"]["images"]
     steps = math.ceil(train_rows / (16 * 2))
@@ -378,23 +401,27 @@ def test_end_to_end_two_ranks(one_row_group, model_artifacts, tmp_path, capsys):
     assert np.allclose(from_checkpoint.predict(test["image"][:5], verbose=0), reloaded, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def one_epoch(uneven, tmp_path_factory) -> Path:
-    """One epoch on the uneven shards in float32 (the run that test_resume continues in bfloat16)."""
-    model_dir = tmp_path_factory.mktemp("one-epoch") / "model"
+@pytest.fixture(scope="module", params=BACKENDS)
+def one_epoch(request, uneven, tmp_path_factory) -> tuple[str, Path]:
+    """One epoch on the uneven shards in float32 on each backend (the runs that test_resume continues
+    in bfloat16): the backend and MODEL_DIR."""
+    backend = request.param
+    model_dir = tmp_path_factory.mktemp(f"one-epoch-{backend}") / "model"
     started = time.monotonic()
     args = ["--data", str(uneven), "--output", str(model_dir), "--epochs", "1", "--precision", "float32"]
-    code = train_job.main([*args, *QUICK])
+    code = train_job.main([*args, "--backend", backend, *QUICK])
     assert code == 0 and time.monotonic() - started < 240
-    return model_dir
+    return backend, model_dir
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_uneven_shards_run_the_same_steps(uneven, one_epoch):
+    backend, one_epoch = one_epoch
     sizes = [pq.ParquetFile(path).metadata.num_rows for path in sorted((uneven / "split=train").glob("*"))]
     assert sizes == [60, 40, 21]  # rank 0 reads row groups 0 and 2 (81 rows), rank 1 row group 1 (40)
     manifest = _manifest(one_epoch)
+    assert manifest["backend"] == backend
     steps = math.ceil(121 / (16 * 2))
     assert manifest["steps_per_epoch"] == steps
     assert manifest["ranks"] == [
@@ -412,15 +439,17 @@ def test_resume_continues_at_the_next_epoch(uneven, one_epoch, tmp_path, capsys)
     from skinspark.model import build_model
     from skinspark.model_dir import load_model
 
+    backend, one_epoch = one_epoch
+    quick = [*QUICK, "--backend", backend]
     # Without --resume an existing run is not overwritten.
-    assert train_job.main(["--data", str(uneven), "--output", str(one_epoch), "--epochs", "2", *QUICK]) == 2
+    assert train_job.main(["--data", str(uneven), "--output", str(one_epoch), "--epochs", "2", *quick]) == 2
     assert "pass --resume" in capsys.readouterr().err
 
     model_dir = Path(shutil.copytree(one_epoch, tmp_path / "model"))
     first = pd.read_csv(model_dir / "history.csv")
     # The float32 run's checkpoint continues in bfloat16: the variables are float32 in both.
     args = ["--data", str(uneven), "--output", str(model_dir), "--epochs", "2", "--resume"]
-    code = train_job.main([*args, "--precision", "bfloat16", *QUICK])
+    code = train_job.main([*args, "--precision", "bfloat16", *quick])
     assert code == 0
     manifest = _manifest(model_dir)
     assert manifest["precision"]["trained_in"] == ["bfloat16"]
@@ -447,7 +476,8 @@ def test_resume_continues_at_the_next_epoch(uneven, one_epoch, tmp_path, capsys)
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.filterwarnings(HOROVOD_CANCELLED_THREAD)
-def test_a_failing_rank_ends_the_job_with_its_error(ingested, tmp_path, capsys):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_rank_ends_the_job_with_its_error(backend, ingested, tmp_path, capsys):
     def truncate_images(index, part):  # rank 1's only shard holds images of half the right size
         if index != 1:
             return part
@@ -458,7 +488,17 @@ def test_a_failing_rank_ends_the_job_with_its_error(ingested, tmp_path, capsys):
     table = _rewrite_train_split(ingested, tmp_path / "ham", [60, 40, None], damage=truncate_images)
     started = time.monotonic()
     code = train_job.main(
-        ["--data", str(table), "--output", str(tmp_path / "model"), "--epochs", "2", *QUICK]
+        [
+            "--data",
+            str(table),
+            "--output",
+            str(tmp_path / "model"),
+            "--epochs",
+            "2",
+            "--backend",
+            backend,
+            *QUICK,
+        ]
     )
     elapsed = time.monotonic() - started
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -474,9 +514,11 @@ def test_a_failing_rank_ends_the_job_with_its_error(ingested, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.filterwarnings(HOROVOD_CANCELLED_THREAD)
-def test_a_stalled_rank_ends_the_job_instead_of_hanging(ingested, tmp_path, capsys):
-    # An empty row group is rank 1's whole shard: Petastorm then waits for rows forever, and rank 0
-    # forever in its first allreduce. The watchdog ends both after stall_timeout_s.
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stalled_rank_ends_the_job_instead_of_hanging(backend, ingested, tmp_path, capsys):
+    # An empty row group is rank 1's whole shard: its reader (Petastorm, or the pyarrow shard) then
+    # waits for rows forever, and rank 0 forever in its first collective. The watchdog ends both after
+    # stall_timeout_s.
     table = _rewrite_train_split(ingested, tmp_path / "ham", [60, 0, None])
     started = time.monotonic()
     code = train_job.main(
@@ -489,6 +531,8 @@ def test_a_stalled_rank_ends_the_job_instead_of_hanging(ingested, tmp_path, caps
             "1",
             "--conf",
             "stall_timeout_s=15",
+            "--backend",
+            backend,
             *QUICK,
         ]
     )

@@ -1,14 +1,22 @@
-"""Distributed training on Spark: `horovod.spark.run` starts N ranks, each reads its Petastorm shard.
+"""Distributed training on Spark, with one of two data-parallel backends:
+
+- horovod: `horovod.spark.run` starts N ranks (Spark tasks), each reads its Petastorm shard and
+  averages gradients with Horovod over Gloo;
+- tf_distribute: N workers as one Spark barrier stage under MultiWorkerMirroredStrategy (ring
+  collectives), each reads its row groups with pyarrow.dataset; no Horovod, no Petastorm, so it also
+  runs on the modern stack (Spark 4, TensorFlow >= 2.18 with tf-keras).
 
 The driver (`train`) reads the ingest manifest, works out class weights, the rank count and the
-steps per epoch, and hands plain values (`worker.RankPlan`) to `worker.train_worker`, a top-level
-function that every rank runs (workers import it by reference). Rank 0 writes a checkpoint after
-each epoch and returns its final weights; the driver then builds the model directory: model, labels,
-preprocessing spec, test-split metrics, history and plots.
+steps per epoch, and hands plain values (`worker.RankPlan`) to the ranks. Rank 0 writes a checkpoint
+after each epoch and returns its final weights; the driver then builds the model directory: model,
+labels, preprocessing spec, test-split metrics, history and plots. Both backends run the same model,
+recipe, epoch log, checkpoints and watchdog, and write the same model directory.
 
     recipe.py       the settings checked, class weights
     data.py         the table's manifest, whole small splits, each rank's Petastorm shard in tf.data
-    worker.py       what each rank runs: the fit, the epoch log, the watchdog
+    worker.py       what each Horovod rank runs: the fit, the epoch log, the watchdog
+    distribute.py   what each tf_distribute worker runs (a process of its own per barrier task)
+    barrier.py      the tf_distribute launch: the barrier stage, TF_CONFIG, the driver's watch
     checkpoints.py  epoch checkpoints and --resume
     failures.py     rank error reports, the driver's diagnosis, the Horovod launch
     artifacts.py    the files of a finished model directory and the summary
@@ -57,7 +65,7 @@ from skinspark.train.failures import (
     rank_environment,
     run_ranks,
 )
-from skinspark.train.recipe import CLASS_WEIGHT_MODES, class_weights, validate_config
+from skinspark.train.recipe import CLASS_WEIGHT_MODES, class_weights, resolve_backend, validate_config
 from skinspark.train.worker import HISTORY_COLUMNS, RankPlan
 from skinspark.versions import package_versions
 
@@ -136,9 +144,7 @@ def train(
             task_cpus=run["task_cpus"],
         )
         train_started = time.perf_counter()
-        ranks = run_ranks(
-            plan, run["num_proc"], config.start_timeout_s, directory / ERRORS, config.horovod_cycle_time_ms
-        )
+        ranks = _run(spark, run["backend"], plan, run["num_proc"], config, directory / ERRORS)
         train_seconds = time.perf_counter() - train_started
         model.set_weights(ranks[0]["weights"])
         history_rows = ranks[0]["history"]
@@ -150,6 +156,14 @@ def train(
     return _finish(model, config, data_url, directory, ingest_manifest, history, run, config_yaml, started)
 
 
+def _run(spark: SparkSession, backend: str, plan: RankPlan, num_proc: int, config, error_dir: Path):
+    if backend == "tf_distribute":
+        from skinspark.train.barrier import run_workers
+
+        return run_workers(spark, plan, num_proc, config.start_timeout_s, error_dir)
+    return run_ranks(plan, num_proc, config.start_timeout_s, error_dir, config.horovod_cycle_time_ms)
+
+
 def _plan_run(spark: SparkSession, config: TrainConfig, ingest_manifest: dict, data_dir: str) -> dict:
     """The run's sizes from the table and the session: rows per split, class weights, ranks, steps."""
     splits = ingest_manifest["counts"]["splits"]
@@ -159,7 +173,12 @@ def _plan_run(spark: SparkSession, config: TrainConfig, ingest_manifest: dict, d
         raise TrainInputError(f"the ingested table {data_dir} has no images in split(s) {', '.join(empty)}")
     task_cpus = session.task_cpus(spark)
     num_proc = config.num_proc or max(1, session.default_parallelism(spark) // task_cpus)
+    try:
+        backend = resolve_backend(config.backend)
+    except ValueError as error:
+        raise TrainInputError(str(error)) from error
     return {
+        "backend": backend,
         "input_shape": tuple(int(value) for value in ingest_manifest["image_shape"]),
         "rows": rows,
         "class_weight": class_weights(splits["train"]["by_class"], config.class_weight),
@@ -207,6 +226,7 @@ def _finish(
         "data": data_url,
         "model_dir": str(directory),
         "model": config.model,
+        "backend": run["backend"],
         "parameters": int(model.count_params()),
         "num_proc": run["num_proc"],
         "task_cpus": run["task_cpus"],

@@ -1,5 +1,6 @@
-"""The training data: the ingested table's manifest, whole small splits, and each rank's endless
-Petastorm shard as a tf.data pipeline."""
+"""The training data: the ingested table's manifest, whole small splits (pyarrow), and each rank's
+endless shard as a tf.data pipeline: through Petastorm (Horovod backend) or pyarrow.dataset
+(tf.distribute backend)."""
 
 from __future__ import annotations
 
@@ -38,52 +39,112 @@ def read_ingest_manifest(spark: SparkSession, data_url: str) -> dict:
     return manifest
 
 
-def read_split(url: str, height: int, width: int, workers: int = 1) -> dict[str, np.ndarray]:
-    """Read a whole (small) split with Petastorm: image (n, h, w, 3) uint8, label int32, image_id.
+def split_row_groups(url: str) -> list[tuple[object, int, int]]:
+    """Every row group of a split's Parquet files, in a fixed order: (fragment, index, rows).
 
-    One worker reads synchronously (Petastorm's dummy pool: no ventilator thread to race with the
-    reader). Every row the split's Parquet footers count must arrive: a short read is an error,
-    never a smaller validation or test set.
+    Read with pyarrow.dataset (no Petastorm): the training data of the tf.distribute backend and the
+    whole small splits of both backends.
+    """
+    import pyarrow.dataset as pads
+    from pyarrow import fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(url)
+    dataset = pads.dataset(path, format="parquet", filesystem=filesystem, partitioning=None)
+    groups = []
+    for fragment in sorted(dataset.get_fragments(), key=lambda fragment: fragment.path):
+        for piece in fragment.split_by_row_group():
+            (group,) = piece.row_groups
+            groups.append((piece, group.id, group.num_rows))
+    return groups
+
+
+def read_split(url: str, height: int, width: int, workers: int = 1) -> dict[str, np.ndarray]:
+    """Read a whole (small) split: image (n, h, w, 3) uint8, label int32, image_id; sorted by image_id.
+
+    Every row the split's Parquet footers count must arrive: a short read is an error, never a smaller
+    validation or test set. `workers` is kept for callers' symmetry; pyarrow reads with its own threads.
 
     Raises:
         ImageError: (a ValueError) an image whose byte length is not height * width * 3.
-        TrainInputError: the reader returned fewer or more rows than the split holds.
+        TrainInputError: fewer or more rows than the split's footers count.
     """
-    from petastorm import make_batch_reader
-
-    quiet_petastorm()
+    del workers
     images, labels, ids = [], [], []
-    with make_batch_reader(
-        url,
-        schema_fields=[schema.IMAGE_ID, schema.LABEL, schema.IMAGE],
-        num_epochs=1,
-        shuffle_row_groups=False,
-        reader_pool_type="thread" if workers > 1 else "dummy",
-        workers_count=workers,
-    ) as reader:
-        with warnings.catch_warnings():  # Petastorm's dataset is pyarrow's legacy one: `pieces` is deprecated
-            warnings.simplefilter("ignore", FutureWarning)
-            expected = sum(piece.get_metadata().num_rows for piece in reader.dataset.pieces)
-        for batch in reader:
-            images.append(stored_batch(list(getattr(batch, schema.IMAGE)), height, width))
-            labels.append(np.asarray(getattr(batch, schema.LABEL), dtype=np.int32))
-            ids.append(np.asarray(getattr(batch, schema.IMAGE_ID), dtype=object))
-    read = sum(len(batch) for batch in ids)
+    groups = split_row_groups(url)
+    columns = [schema.IMAGE_ID, schema.LABEL, schema.IMAGE]
+    for piece, _, _ in groups:
+        table = piece.to_table(columns=columns)
+        images.append(stored_batch(table.column(schema.IMAGE).to_pylist(), height, width))
+        labels.append(table.column(schema.LABEL).to_numpy().astype(np.int32))
+        ids.append(np.asarray(table.column(schema.IMAGE_ID).to_pylist(), dtype=object))
+    read, expected = sum(len(batch) for batch in ids), sum(rows for _, _, rows in groups)
     if read != expected:
-        raise TrainInputError(f"Petastorm read {read} rows of {url}, whose Parquet files hold {expected}")
+        raise TrainInputError(f"read {read} rows of {url}, whose Parquet files hold {expected}")
     if not images:
         return {
             "image": np.zeros((0, height, width, 3), np.uint8),
             "label": np.zeros(0, np.int32),
             "image_id": np.zeros(0, object),
         }
-    # Sort by image_id: with several reader threads the batch order is not fixed.
     order = np.argsort(np.concatenate(ids), kind="stable")
     return {
         "image": np.concatenate(images)[order],
         "label": np.concatenate(labels)[order],
         "image_id": np.concatenate(ids)[order],
     }
+
+
+def arrow_shard(url: str, rank: int, size: int, seed: int):
+    """This worker's endless stream of (image bytes, labels) batches of the training split, one row
+    group at a time, and how the split was sharded.
+
+    Row group i belongs to worker i % size ("row_groups"); each pass over its row groups is in a new
+    seeded order. A split with fewer row groups than workers is read whole by every worker in the
+    same order, keeping every size-th row ("rows"), as the Petastorm path does.
+    """
+    groups = split_row_groups(url)
+    if not groups:
+        raise TrainInputError(f"the training split {url} holds no rows")
+    sharding = "row_groups" if len(groups) >= size else "rows"
+    mine = groups[rank::size] if sharding == "row_groups" else groups
+    columns = [schema.IMAGE, schema.LABEL]
+
+    def batches():
+        rng = np.random.default_rng(seed if sharding == "rows" else seed + rank)
+        while True:
+            for position in rng.permutation(len(mine)):
+                table = mine[position][0].to_table(columns=columns)
+                raw = np.asarray(table.column(schema.IMAGE).to_pylist(), dtype=object)
+                label = table.column(schema.LABEL).to_numpy().astype(np.int32)
+                if sharding == "rows":
+                    raw, label = raw[rank::size], label[rank::size]
+                yield raw, label
+
+    return batches, sharding
+
+
+def arrow_dataset(
+    url: str,
+    rank: int,
+    size: int,
+    height: int,
+    width: int,
+    batch_size: int,
+    shuffle_buffer: int,
+    augment: bool,
+    seed: int,
+):
+    """`arrow_shard` as an endless tf.data pipeline of (uint8 images, int32 labels) batches, as
+    `training_dataset` makes of a Petastorm reader; and the sharding."""
+    batches, sharding = arrow_shard(url, rank, size, seed)
+    rows = tf.data.Dataset.from_generator(
+        batches,
+        output_signature=(
+            tf.TensorSpec(shape=(None,), dtype=tf.string),
+            tf.TensorSpec(shape=(None,), dtype=tf.int32),
+        ),
+    )
+    return _pixels(rows, height, width, batch_size, shuffle_buffer, augment, seed + rank), sharding
 
 
 def quiet_petastorm() -> None:
@@ -150,19 +211,36 @@ def training_dataset(
     """
     from petastorm.tf_utils import make_petastorm_dataset
 
+    def columns(batch):
+        return getattr(batch, schema.IMAGE), getattr(batch, schema.LABEL)
+
+    rows = make_petastorm_dataset(reader).map(columns)
+    return _pixels(rows, height, width, batch_size, shuffle_buffer, augment, seed, shard)
+
+
+def _pixels(
+    rows: tf.data.Dataset,
+    height: int,
+    width: int,
+    batch_size: int,
+    shuffle_buffer: int,
+    augment: bool,
+    seed: int,
+    shard: tuple[int, int] | None = None,
+) -> tf.data.Dataset:
+    """Batches of (raw image bytes, labels) as shuffled, optionally flipped, batches of pixels."""
     size = stored_size(height, width)
 
-    def decode(batch):
-        raw = getattr(batch, schema.IMAGE)
+    def decode(raw, label):
         tf.debugging.assert_equal(
             tf.strings.length(raw),
             size,
             message=f"an image in the training split does not hold {height}x{width}x3 bytes",
         )
         pixels = tf.io.decode_raw(raw, tf.uint8)
-        return tf.reshape(pixels, (-1, height, width, 3)), tf.cast(getattr(batch, schema.LABEL), tf.int32)
+        return tf.reshape(pixels, (-1, height, width, 3)), tf.cast(label, tf.int32)
 
-    dataset = make_petastorm_dataset(reader).map(decode).unbatch()
+    dataset = rows.map(decode).unbatch()
     if shard is not None:
         dataset = dataset.shard(shard[1], shard[0])
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)

@@ -98,44 +98,58 @@ def run_ranks(
         raise TrainError(describe_failure(error, error_dir, num_proc, start_timeout_s)) from error
 
 
-def describe_failure(error: BaseException, error_dir: Path, num_proc: int, start_timeout_s: int) -> str:
-    """One line naming the rank that failed first and its error, from the ranks' error files."""
+def describe_failure(
+    error: BaseException,
+    error_dir: Path,
+    num_proc: int,
+    start_timeout_s: int,
+    exited: tuple[str, str] | None = None,
+) -> str:
+    """One line naming the rank that failed first and its error, from the ranks' error files.
+
+    `exited` is (rank, exit code) of a rank that exited without a result, or (rank, how it went) when
+    it has no exit code (a lost Spark task); by default it is read from Horovod's message ("Process
+    name: 1\nExit code: 137").
+    """
     reports = []
     for path in sorted(Path(error_dir).glob("rank-*.json")):
         try:
             reports.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
-    # Horovod names the first rank process that exited ("Process name: 1\nExit code: 137").
-    exited = re.search(r"Process name: (\S+)\s+Exit code: (\S+)", str(error))
+    if exited is None:
+        # Horovod names the first rank process that exited ("Process name: 1\nExit code: 137").
+        found = re.search(r"Process name: (\S+)\s+Exit code: (\S+)", str(error))
+        exited = (found.group(1), found.group(2)) if found else None
+    how = ""
+    if exited:
+        how = f"exit code {exited[1]}" if exited[1].lstrip("-").isdigit() else exited[1]
     if reports:
         # A failing rank takes the others down with it (their collectives break): the root cause is
         # the report written first.
         reports.sort(key=lambda report: report["time"])
         first = reports[0]
         reported = {str(report["rank"]) for report in reports}
-        if exited and exited.group(1) not in reported and exited.group(2) != "1":
+        if exited and exited[0] not in reported and exited[1] != "1":
             # A rank killed outright (out of memory: exit code 137, or its executor lost) writes no report,
             # and Horovod saw it go first: it is the cause. (Ranks that stop on their own exit with 1.) The
             # others only report what its disappearance did to them ("Horovod has been shut down. ...").
             return (
-                f"training failed: rank {exited.group(1)} exited first without reporting an error (exit code "
-                f"{exited.group(2)}: killed, or its executor lost? see the executor's log); then "
+                f"training failed: rank {exited[0]} exited first without reporting an error ({how}: "
+                "killed, or its executor lost? see the executor's log); then "
                 f"{len(reports)} other rank(s) failed, first rank {first['rank']}: "
                 + first["error"].split(". ")[0]
             )
         others = f" ({len(reports) - 1} other rank(s) failed after it)" if len(reports) > 1 else ""
         # A rank that reported its error may still not have been the first to exit.
         killed = (
-            f"; rank {exited.group(1)} exited first (exit code {exited.group(2)})"
-            if exited and exited.group(1) != str(first["rank"])
-            else ""
+            f"; rank {exited[0]} exited first ({how})" if exited and exited[0] != str(first["rank"]) else ""
         )
         return f"training failed on rank {first['rank']}: {first['error']}{others}{killed}"
     if exited:
         return (
-            f"training failed: rank {exited.group(1)} exited with code {exited.group(2)} without "
-            "reporting an error (killed? see the executor's log)"
+            f"training failed: rank {exited[0]} exited without reporting an error ({how}: "
+            "killed? see the executor's log)"
         )
     message = typed_line(error)
     if "Timed out" in message:

@@ -13,12 +13,18 @@ from skinspark.precision import PRECISIONS
 CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
 # How gradients travel between ranks: as they are, or as float16 (Horovod's Compression.fp16).
 GRADIENT_COMPRESSIONS = ("none", "fp16")
+BACKENDS = ("auto", "horovod", "tf_distribute")
 
 
 def validate_config(config: TrainConfig) -> None:
     """Raise ValueError naming the first invalid training setting."""
     checks = [
         (config.model in MODELS, f"model must be one of {sorted(MODELS)}, got {config.model!r}"),
+        (config.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}"),
+        (
+            config.gradient_compression == "none" or config.backend != "tf_distribute",
+            "gradient_compression fp16 is Horovod's: use --backend horovod, or gradient_compression none",
+        ),
         (config.epochs >= 1, f"epochs must be at least 1, got {config.epochs}"),
         (config.batch_size >= 1, f"batch_size must be at least 1, got {config.batch_size}"),
         (config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}"),
@@ -60,6 +66,25 @@ def validate_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def resolve_backend(requested: str) -> str:
+    """The backend a run uses: `auto` is horovod where Horovod is installed, else tf_distribute.
+
+    Raises:
+        ValueError: horovod asked for where it is not installed (the modern stack has no Horovod).
+    """
+    import importlib.util
+
+    installed = importlib.util.find_spec("horovod") is not None
+    if requested == "auto":
+        return "horovod" if installed else "tf_distribute"
+    if requested == "horovod" and not installed:
+        raise ValueError(
+            "backend horovod: Horovod is not installed in this environment (the modern stack has none): "
+            "use --backend tf_distribute"
+        )
+    return requested
 
 
 def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int, float] | None:

@@ -157,11 +157,20 @@ class Watchdog:
     A daemon thread checks every few seconds and exits the process when another rank has reported a
     failure (this rank would wait forever in its next collective), or when this rank has made no
     progress (`progress()`: a finished batch) for `stall_timeout_s`: a hung input pipeline, or a peer
-    missing from a collective. Horovod's own stall shutdown does not fire with Gloo on Spark.
+    missing from a collective. Horovod's own stall shutdown does not fire with Gloo on Spark. With
+    `parent` (a process id), it also exits when that process is gone: the Spark task that started it.
     """
 
-    def __init__(self, error_dir: str, rank: int, stall_timeout_s: float, interval_s: float = 2.0):
+    def __init__(
+        self,
+        error_dir: str,
+        rank: int,
+        stall_timeout_s: float,
+        interval_s: float = 2.0,
+        parent: int | None = None,
+    ):
         self.error_dir = Path(error_dir)
+        self.parent = parent
         self.rank = rank
         self.stall_timeout_s = stall_timeout_s
         self.interval_s = interval_s
@@ -180,6 +189,9 @@ class Watchdog:
     def _watch(self) -> None:
         own = f"rank-{self.rank}.json"
         while not self._stopped.wait(self.interval_s):
+            if self.parent is not None and os.getppid() != self.parent:
+                print(f"rank {self.rank}: stopping because its Spark task ended", file=sys.stderr, flush=True)
+                os._exit(1)
             failed = sorted(path.stem for path in self.error_dir.glob("rank-*.json") if path.name != own)
             if failed:
                 print(f"rank {self.rank}: stopping because {failed[0]} failed", file=sys.stderr, flush=True)
@@ -252,17 +264,13 @@ def _compiled_model(hvd, plan: RankPlan, rank: int, size: int):
     """The model and its distributed optimizer, in rank 0's state on every rank; and the scaled rate."""
     import horovod.tensorflow as hvd_tf
 
-    model = build_model(plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout)
     # Horovod: scale the learning rate by the number of ranks (the global batch grows with it).
     scaled_lr = plan.learning_rate * size
     # Horovod: average gradients across ranks.
     compression = hvd.Compression.fp16 if plan.gradient_compression == "fp16" else hvd.Compression.none
-    clipping = {"global_clipnorm": plan.clip_norm} if plan.clip_norm > 0 else {}
-    optimizer = hvd.DistributedOptimizer(
-        tf.keras.optimizers.Adam(learning_rate=scaled_lr, **clipping), compression=compression
+    model, optimizer = compile_model(
+        plan, scaled_lr, wrap=lambda adam: hvd.DistributedOptimizer(adam, compression=compression)
     )
-    model.compile(optimizer=optimizer, loss=loss(plan.label_smoothing), metrics=["accuracy"])
-    optimizer.build(model.trainable_variables)  # slot variables exist now: restore and broadcast reach them
     if plan.resume_dir is not None and rank == 0:
         # Horovod: only rank 0 reads the checkpoint; the broadcast below hands its state to the others.
         restore_checkpoint(plan.resume_dir, model, optimizer)
@@ -272,6 +280,19 @@ def _compiled_model(hvd, plan: RankPlan, rank: int, size: int):
     return model, optimizer, scaled_lr
 
 
+def compile_model(plan: RankPlan, learning_rate: float, wrap=None):
+    """The plan's model compiled with Adam at `learning_rate` (wrapped by `wrap`, e.g. Horovod's
+    distributed optimizer), its optimizer built so that restores and broadcasts reach its slots."""
+    model = build_model(plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout)
+    clipping = {"global_clipnorm": plan.clip_norm} if plan.clip_norm > 0 else {}
+    optimizer = tf.keras.optimizers.Adam(learning_rate=learning_rate, **clipping)
+    if wrap is not None:
+        optimizer = wrap(optimizer)
+    model.compile(optimizer=optimizer, loss=loss(plan.label_smoothing), metrics=["accuracy"])
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
 def _callbacks(hvd, plan: RankPlan, scaled_lr: float, log: EpochLog) -> list:
     callbacks = [
         # Horovod: broadcast initial variable states from rank 0 to all other processes.
@@ -279,13 +300,7 @@ def _callbacks(hvd, plan: RankPlan, scaled_lr: float, log: EpochLog) -> list:
         # Horovod: average metrics among ranks at the end of every epoch, before anything reads them.
         hvd.callbacks.MetricAverageCallback(),
     ]
-    if plan.warmup_steps > 0:
-        # Horovod: ramp the learning rate from lr to lr * size, counted in optimizer steps (an epoch of a
-        # small split can be a dozen steps, too few for Horovod's epoch-counted ramp to be gentle).
-        callbacks.append(
-            StepWarmup(scaled_lr / hvd.size(), scaled_lr, plan.warmup_steps, plan.steps_per_epoch)
-        )
-    elif plan.warmup_epochs > 0:
+    if plan.warmup_steps == 0 and plan.warmup_epochs > 0:
         # Horovod: ramp the learning rate from lr to lr * size over the first epochs.
         callbacks.append(
             hvd.callbacks.LearningRateWarmupCallback(
@@ -295,13 +310,25 @@ def _callbacks(hvd, plan: RankPlan, scaled_lr: float, log: EpochLog) -> list:
                 verbose=0,
             )
         )
+        return [*callbacks, *fit_callbacks(plan, scaled_lr, hvd.size(), log, warmup=False)]
+    return [*callbacks, *fit_callbacks(plan, scaled_lr, hvd.size(), log)]
+
+
+def fit_callbacks(plan: RankPlan, scaled_lr: float, size: int, log: EpochLog, warmup: bool = True) -> list:
+    """The callbacks of every backend: the learning-rate warm-up from lr to lr * size (counted in
+    optimizer steps: an epoch of a small split can be a dozen steps, too few for an epoch-counted ramp
+    to be gentle; `warmup_epochs` counts as that many epochs of steps when `warmup_steps` is 0),
+    ReduceLROnPlateau, and the epoch log (history everywhere, checkpoints where it has a directory)."""
+    callbacks = []
+    steps = plan.warmup_steps or plan.warmup_epochs * plan.steps_per_epoch
+    if warmup and steps > 0:
+        callbacks.append(StepWarmup(scaled_lr / size, scaled_lr, steps, plan.steps_per_epoch))
     reduce_lr = tf.keras.callbacks.ReduceLROnPlateau(
         monitor="val_loss",
         factor=plan.reduce_lr_factor,
         patience=plan.reduce_lr_patience,
         min_lr=plan.min_learning_rate,
     )
-    # Horovod: history everywhere, checkpoints on rank 0 only (the log's checkpoint_dir is None elsewhere).
     return [*callbacks, reduce_lr, log]
 
 

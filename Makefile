@@ -1,7 +1,15 @@
 # skinspark: the two commands a new user needs are `make demo` and `make test`; both run setup first.
 SHELL := /bin/bash
 PYTHON ?= python3.11
+# STACK=pinned (default): TensorFlow 2.15, Spark 3.5, Horovod and Petastorm, in .venv. STACK=modern: Spark 4,
+# a current TensorFlow with tf-keras, NumPy 2, no Horovod or Petastorm (pyproject.toml's
+# [tool.skinspark.stacks]), in .venv-modern; training uses the tf_distribute backend there.
+STACK ?= pinned
+ifeq ($(STACK),pinned)
 VENV ?= .venv
+else
+VENV ?= .venv-$(STACK)
+endif
 PY := $(VENV)/bin/python
 STACK_STAMP := $(VENV)/.skinspark-stack
 STAMP := $(VENV)/.skinspark-installed
@@ -10,8 +18,10 @@ STAMP := $(VENV)/.skinspark-installed
 PROJECT_INSTALL ?= -e .[test,lint,cluster]
 # One source of truth for versions: read a pin out of pyproject.toml's dependencies.
 pin = $(shell $(PYTHON) -c 'import sys,tomllib; d=tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]; print(next(x for x in d if x.split("=")[0].split("<")[0].split(">")[0]==sys.argv[1]))' $(1))
-# Every dependency of pyproject.toml, shell-quoted (a `<` must not become a redirection).
+# Every dependency of pyproject.toml, shell-quoted (a `<` must not become a redirection); $(call
+# requirements,NAME): the list of another stack ([tool.skinspark.stacks]) or of an extra.
 dependencies = $(shell $(PYTHON) -c 'import shlex,tomllib; print(" ".join(shlex.quote(x) for x in tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))')
+requirements = $(shell $(PYTHON) -c 'import shlex,sys,tomllib; p=tomllib.load(open("pyproject.toml","rb")); d=p["tool"]["skinspark"]["stacks"].get(sys.argv[1]) or sum((p["project"]["optional-dependencies"][x] for x in sys.argv[1].split("+")), []); print(" ".join(shlex.quote(x) for x in d))' $(1))
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 DEMO_DIR ?= demo-output
@@ -40,6 +50,7 @@ check-tools:
 # TensorFlow first, then Horovod built against it without build isolation, then the other pins (pip
 # then finds Horovod already satisfied). pip caches the built Horovod wheel, so a later setup in a
 # fresh clone on the same machine skips the 8-minute compile.
+ifeq ($(STACK),pinned)
 $(STACK_STAMP): pyproject.toml | check-tools
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24" "setuptools>=77" wheel
@@ -58,6 +69,20 @@ $(STAMP): $(STACK_STAMP) pyproject.toml
 	$(PY) -m pip install --quiet $(PROJECT_INSTALL)
 	@TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c 'import horovod.tensorflow, pyspark, petastorm, tensorflow as tf; print("setup: ok, tensorflow", tf.__version__, "pyspark", pyspark.__version__)'
 	@touch $(STAMP)
+else
+# Another stack: exactly its list, then the package without its (pinned) dependencies, and the dev extras.
+$(STACK_STAMP): pyproject.toml | check-tools
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24" "setuptools>=77" wheel
+	$(PY) -m pip install --quiet $(call requirements,$(STACK))
+	@touch $(STACK_STAMP)
+
+$(STAMP): $(STACK_STAMP) pyproject.toml
+	$(PY) -m pip install --quiet $(call requirements,test+lint+cluster)
+	$(PY) -m pip install --quiet --no-deps $(PROJECT_INSTALL:[test,lint,cluster]=)
+	@TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c 'import skinspark, pyspark, tensorflow as tf; print("setup: ok ($(STACK) stack), tensorflow", tf.__version__, "tf-keras", __import__("tf_keras").__version__, "pyspark", pyspark.__version__)'
+	@touch $(STAMP)
+endif
 
 demo: setup
 	$(PY) -m skinspark.tools.demo --output $(DEMO_DIR)

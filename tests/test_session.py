@@ -18,7 +18,7 @@ def test_workers_run_this_interpreter(spark):
     versions = (
         spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("pyarrow").__version__).collect()
     )
-    assert versions == ["14.0.2"]
+    assert versions == [__import__("pyarrow").__version__]  # the driver's own, on either stack
 
 
 def test_builder_reuses_the_active_session_and_applies_runtime_conf(spark):

@@ -3,9 +3,17 @@ lines (Spark's carry whole JVM traces, TensorFlow's the graph node's definition)
 
 from __future__ import annotations
 
+import re
+
 # Lines that open an error's text without saying what went wrong: TensorFlow's op errors start with
 # "Graph execution error:" and a stack of the node's definition before the message proper.
 _NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "<stack traces unavailable>")
+# Prefixes TensorFlow puts before the message proper on its line: the function an eager op ran in, and (in
+# TensorFlow >= 2.16) the tf.data stage the error came from.
+_PREFIX = re.compile(
+    r"^(\{\{function_node [^}]*\}\}\s*|Error in user-defined function passed to \S+ transformation with "
+    r"iterator: \S+: )+"
+)
 
 
 class JobError(RuntimeError):
@@ -16,7 +24,7 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's text that says something, or its type's name when it has no
     text."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    meaningful = [line for line in lines if not line.startswith(_NOISE)] or lines
+    meaningful = [_PREFIX.sub("", line) for line in lines if not line.startswith(_NOISE)] or lines
     return meaningful[0] if meaningful else type(error).__name__
 
 

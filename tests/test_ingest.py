@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -226,7 +227,7 @@ def test_manifest_accounts_for_every_file_and_row(ingested):
     }
     assert sum(split["images"] for split in manifest["counts"]["splits"].values()) == 95
     assert manifest["status"] == "complete" and manifest["images_per_second"] > 0
-    assert manifest["versions"]["pyarrow"] == "14.0.2"
+    assert manifest["versions"]["pyarrow"] == pa.__version__  # the installed one, on either stack
     assert (ingested / "_config.yaml").read_text().startswith("height: 75")
 
 

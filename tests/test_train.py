@@ -227,6 +227,25 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True))
 
 
+def test_a_rank_reports_a_tf_data_assertion_by_its_message():
+    import tensorflow as tf
+
+    from skinspark.errors import typed_line
+
+    def check(value):  # the size is known only when the row is read, as in the training input
+        pixels = tf.io.decode_raw(value, tf.uint8)
+        tf.debugging.assert_equal(tf.size(pixels), 3, message="a row does not hold 3 values")
+        return pixels
+
+    dataset = tf.data.Dataset.from_tensor_slices([b"ab"]).map(check)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        next(iter(dataset))
+    # TensorFlow 2.15 starts the text with the assertion, 2.21 with the tf.data stage it came from.
+    assert typed_line(raised.value).startswith(
+        "InvalidArgumentError: assertion failed: [a row does not hold 3"
+    )
+
+
 def test_failure_message_names_the_first_failing_rank(tmp_path):
     reports = [
         {"rank": 0, "time": 20.0, "error": "UnknownError: shut down"},

@@ -57,7 +57,8 @@ def output_columns(labelled: bool = False) -> list[str]:
 def final_columns(frame: DataFrame, identifier: str, labelled: bool) -> DataFrame:
     labels = F.array(*[F.lit(label) for label in schema.LABELS])
     columns = {
-        PREDICTED_DX: F.element_at(labels, F.col(PREDICTED_LABEL) + 1),  # null stays null
+        # get (0-based) keeps a null label null; element_at(labels, null + 1) is the last label on Spark 4.3.
+        PREDICTED_DX: F.get(labels, F.col(PREDICTED_LABEL)),
         MODEL_ID: F.lit(identifier),
         SCORED_AT: F.current_timestamp(),
     }

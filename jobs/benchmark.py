@@ -4,8 +4,9 @@
     spark-submit --master 'local[2]' jobs/benchmark.py --work bench-output --sections learning
 
 Generates a HAM10000-shaped dataset (or reuses `--data DIR`), then times each path and its baselines
-side by side. Sections: `ingest`, `train` (an epoch of Horovod on Spark against Keras `fit` on
-in-memory arrays, in float32 and in bfloat16), `score` (the scoring job against a thread-pool process
+side by side. Sections: `ingest`, `train` (an epoch of the training job on each
+installed backend, horovod and tf_distribute, against Keras `fit` on in-memory arrays, in float32 and in
+bfloat16), `score` (the scoring job against a thread-pool process
 and Spark's `predict_batch_udf`, in both precisions, and how far their predictions agree), `learning`
 (the paper's 25 epochs split by lesion, by image, and after oversampling before the split; about an
 hour on 2 cores, so not in the default set) and `learning_precision` (the lesion split's 25 epochs in

@@ -74,6 +74,9 @@ class Job:
             "spark.ui.enabled": "false",
             "spark.eventLog.enabled": "true",
             "spark.eventLog.dir": self.events.as_uri(),
+            # One plain JSON-lines file, as on Spark 3.5 (Spark 4 rolls and compresses by default).
+            "spark.eventLog.rolling.enabled": "false",
+            "spark.eventLog.compress": "false",
             **(extra_conf or {}),
         }
         module = name.split("-")[0]  # "train-resume" runs jobs.train

@@ -5,6 +5,7 @@ engine and no Spark needed."""
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shlex
 import shutil
@@ -153,6 +154,10 @@ def _dry_run(target: str, venv: Path, *variables: str) -> str:
             *variables,
         ],
         cwd=ROOT,
+        # The pinned stack's recipe, whatever stack the make that runs these tests was given.
+        env={
+            key: value for key, value in os.environ.items() if key not in {"STACK", "MAKEFLAGS", "MAKELEVEL"}
+        },
         capture_output=True,
         text=True,
         timeout=60,

@@ -30,7 +30,7 @@ from skinspark.train import (
     restore_checkpoint,
     write_checkpoint,
 )
-from skinspark.train.data import EVAL_BATCH_SIZE
+from skinspark.train.data import EVAL_BATCH_SIZE, flip
 from tests.conftest import BACKENDS
 
 # A quick run: 2 ranks, small batches; the rest are the job's defaults.
@@ -141,6 +141,23 @@ def test_new_recipe_settings_are_checked():
     ):
         with pytest.raises(ValueError, match=message):
             validate_config(TrainConfig(**bad))
+
+
+def test_flip_draws_each_image_of_a_batch_on_its_own():
+    # 64 distinct images: each comes out as one of its four flips, and within the batch some are
+    # flipped and some not along each axis (one draw for the whole batch would flip all or none).
+    images = np.random.default_rng(0).integers(0, 256, (64, 5, 7, 3), dtype=np.uint8)
+    flipped = flip(images, seed=1).numpy()
+    horizontal, vertical = [], []
+    for image, out in zip(images, flipped, strict=True):
+        variants = {
+            (h, v): image[:: -1 if v else 1, :: -1 if h else 1] for h in (False, True) for v in (False, True)
+        }
+        (h, v) = next(key for key, variant in variants.items() if np.array_equal(variant, out))
+        horizontal.append(h)
+        vertical.append(v)
+    assert 0 < sum(horizontal) < 64 and 0 < sum(vertical) < 64
+    assert horizontal != vertical  # the two axes draw apart
 
 
 def test_classification_metrics_against_hand_computed_values():

@@ -243,15 +243,17 @@ def _pixels(
     dataset = rows.map(decode).unbatch()
     if shard is not None:
         dataset = dataset.shard(shard[1], shard[0])
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
     if augment:
+        # One map per batch, not per image: each image of the batch still draws its own flips.
         dataset = dataset.map(
-            lambda image, label: (_flip(image, seed), label), num_parallel_calls=tf.data.AUTOTUNE
+            lambda images, labels: (flip(images, seed), labels), num_parallel_calls=tf.data.AUTOTUNE
         )
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _flip(image: tf.Tensor, seed: int) -> tf.Tensor:
+def flip(images: tf.Tensor, seed: int) -> tf.Tensor:
+    """A batch of images, each flipped at random horizontally and, independently, vertically."""
     # Distinct op seeds: with one seed both flips would draw the same numbers and always come together.
-    image = tf.image.random_flip_left_right(image, seed=seed)
-    return tf.image.random_flip_up_down(image, seed=seed + 1)
+    images = tf.image.random_flip_left_right(images, seed=seed)
+    return tf.image.random_flip_up_down(images, seed=seed + 1)

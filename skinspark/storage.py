@@ -41,6 +41,18 @@ def list_names(spark: SparkSession, directory: str) -> list[str]:
     return [status.getPath().getName() for status in fs.listStatus(path)]
 
 
+def part_files(spark: SparkSession, directory: str) -> list[str]:
+    """The paths of the part files a Spark write left in `directory` ([] when there are none).
+
+    Reading them by name rather than the directory or a glob: Spark 3.5 warns about a directory whose
+    name starts with '.' (a staging one), and Spark 4 logs a stack trace for a glob it cannot check for
+    a streaming sink's metadata.
+    """
+    return [
+        f"{directory}/{name}" for name in sorted(list_names(spark, directory)) if name.startswith("part-")
+    ]
+
+
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Write (replace) a small text file, e.g. a manifest or a resolved config."""
     fs, hadoop_path = file_system(spark, path)

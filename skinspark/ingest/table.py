@@ -8,11 +8,10 @@ from collections.abc import Iterator
 
 import pandas as pd
 from pyspark.accumulators import AccumulatorParam
-from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from skinspark import images, schema
+from skinspark import images, schema, storage
 from skinspark.config import IngestConfig
 from skinspark.ingest.fates import GONE_MESSAGE, read_settings
 from skinspark.preprocess import decode_many
@@ -69,12 +68,16 @@ def write_table(
     failed = {path: (reason, message) for path, reason, message in failures.value}
     if seen.value != len(plan):
         # Spark's scan skips a file that vanished after the listing: find what is in neither list.
-        # By its part files: the staging directory's name starts with '.', which Spark warns about.
-        try:
-            table = spark.read.parquet(f"{target}/{schema.SPLIT}=*/part-*")
+        parts = [
+            part
+            for name in storage.list_names(spark, target)
+            if name.startswith(f"{schema.SPLIT}=")
+            for part in storage.part_files(spark, f"{target}/{name}")
+        ]
+        written = set()  # no part file at all: every planned file is gone
+        if parts:
+            table = spark.read.parquet(*parts)
             written = set(table.select(schema.SOURCE_PATH).toPandas()[schema.SOURCE_PATH])
-        except AnalysisException:  # no part file at all: every planned file is gone
-            written = set()
         for path in set(plan[schema.SOURCE_PATH]) - written - set(failed):
             failed[path] = (schema.REASON_UNREADABLE, GONE_MESSAGE)
     return failed

@@ -138,8 +138,12 @@ class ImageFiles(Source):
     def complete_chunk(self, staging, chunk, done):
         """Error rows for the files of `chunk` that are neither in `staging` nor `done`: Spark's scan
         skips a file that vanished after the listing instead of failing the task."""
-        # By its part files: Spark warns about (but reads) a directory whose name starts with '.'.
-        written = self.frame.sparkSession.read.parquet(f"{staging}/part-*").select(PATH)
+        spark = self.frame.sparkSession
+        parts = storage.part_files(spark, staging)
+        if parts:
+            written = spark.read.parquet(*parts).select(PATH)
+        else:
+            written = spark.createDataFrame([], T.StructType([T.StructField(PATH, T.StringType())]))
         if written.count() >= chunk.files:
             return None
         written = written if done is None else written.unionByName(done)

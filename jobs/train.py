@@ -45,7 +45,15 @@ def args_parser() -> argparse.ArgumentParser:
         type=float,
         help="Adam learning rate per rank, multiplied by the number of ranks (default 0.0003)",
     )
-    parser.add_argument("--model", help="architecture (default paper_cnn)")
+    parser.add_argument(
+        "--model",
+        help="architecture: paper_cnn (default), mobilenet_v2, resnet50, inception_v3 or densenet201",
+    )
+    parser.add_argument(
+        "--weights",
+        help="a backbone's starting weights: none (default, random), imagenet (the no-top file in "
+        "~/.keras/models; never downloaded) or PATH to a no-top .h5 every executor can read",
+    )
     parser.add_argument(
         "--class-weight",
         choices=["balanced", "sqrt", "none"],
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size",
         "learning_rate",
         "model",
+        "weights",
         "class_weight",
         "augment",
         "seed",

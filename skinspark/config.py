@@ -46,7 +46,9 @@ class IngestConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    model: str = "paper_cnn"
+    model: str = "paper_cnn"  # or an ImageNet backbone: mobilenet_v2, resnet50, inception_v3, densenet201
+    # a backbone's starting weights: "none" (random), "imagenet" (Keras's cached no-top file) or a path
+    weights: str = "none"
     # horovod (horovod.spark.run, Petastorm shards) or tf_distribute (a Spark barrier stage,
     # MultiWorkerMirroredStrategy, pyarrow shards); auto: horovod where it is installed, else tf_distribute
     backend: str = "auto"

@@ -52,7 +52,7 @@ from pyspark.sql import SparkSession
 from skinspark import precision, schema, session, storage
 from skinspark.config import TrainConfig
 from skinspark.metrics import baselines, classification_metrics, melanoma_threshold
-from skinspark.model import build_model
+from skinspark.model import WeightsError, build_model, min_input_size, resolve_weights
 from skinspark.model_dir import local_path
 from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
 from skinspark.train.checkpoints import CHECKPOINTS, latest_checkpoint, restore_checkpoint, write_checkpoint
@@ -142,6 +142,7 @@ def train(
             steps_per_epoch=run["steps_per_epoch"],
             class_weight=run["class_weight"],
             task_cpus=run["task_cpus"],
+            weights=run["weights"],
         )
         train_started = time.perf_counter()
         ranks = _run(spark, run["backend"], plan, run["num_proc"], config, directory / ERRORS)
@@ -177,9 +178,21 @@ def _plan_run(spark: SparkSession, config: TrainConfig, ingest_manifest: dict, d
         backend = resolve_backend(config.backend)
     except ValueError as error:
         raise TrainInputError(str(error)) from error
+    input_shape = tuple(int(value) for value in ingest_manifest["image_shape"])
+    smallest = min_input_size(config.model)
+    if min(input_shape[:2]) < smallest:
+        raise TrainInputError(
+            f"{config.model} needs images of at least {smallest}x{smallest}, but {data_dir} holds "
+            f"{input_shape[0]}x{input_shape[1]}: ingest again with --height and --width of {smallest} or more"
+        )
+    try:
+        weights = resolve_weights(config.model, config.weights)
+    except WeightsError as error:
+        raise TrainInputError(str(error)) from error
     return {
         "backend": backend,
-        "input_shape": tuple(int(value) for value in ingest_manifest["image_shape"]),
+        "input_shape": input_shape,
+        "weights": weights,
         "rows": rows,
         "class_weight": class_weights(splits["train"]["by_class"], config.class_weight),
         "task_cpus": task_cpus,

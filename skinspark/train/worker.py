@@ -52,6 +52,7 @@ class RankPlan:
     checkpoint_dir: str
     error_dir: str
     model_name: str
+    weights: str | None  # a backbone's weights file (readable where the rank runs), or None: random
     input_shape: tuple[int, int, int]
     dropout: float
     epochs: int
@@ -83,7 +84,7 @@ class RankPlan:
     def build(cls, config: TrainConfig, data_url: str, model_dir: Path, **run) -> RankPlan:
         """The plan of a run: the recipe from `config`, the splits under `data_url`, checkpoints and
         error reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
-        previous_history, resume_dir, steps_per_epoch, class_weight, task_cpus)."""
+        previous_history, resume_dir, steps_per_epoch, class_weight, task_cpus, weights)."""
         return cls(
             train_url=f"{data_url}/split=train",
             val_url=f"{data_url}/split=val",
@@ -283,7 +284,9 @@ def _compiled_model(hvd, plan: RankPlan, rank: int, size: int):
 def compile_model(plan: RankPlan, learning_rate: float, wrap=None):
     """The plan's model compiled with Adam at `learning_rate` (wrapped by `wrap`, e.g. Horovod's
     distributed optimizer), its optimizer built so that restores and broadcasts reach its slots."""
-    model = build_model(plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout)
+    model = build_model(
+        plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout, weights=plan.weights
+    )
     clipping = {"global_clipnorm": plan.clip_norm} if plan.clip_norm > 0 else {}
     optimizer = tf.keras.optimizers.Adam(learning_rate=learning_rate, **clipping)
     if wrap is not None:

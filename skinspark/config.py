@@ -49,6 +49,11 @@ class TrainConfig:
     model: str = "paper_cnn"  # or an ImageNet backbone: mobilenet_v2, resnet50, inception_v3, densenet201
     # a backbone's starting weights: "none" (random), "imagenet" (Keras's cached no-top file) or a path
     weights: str = "none"
+    # Fine-tuning a backbone in two phases: frozen (only the new head trains) for freeze_epochs, then its
+    # top fine_tune_layers layers (0: all) train too, at fine_tune_rate_factor x the learning rate.
+    freeze_epochs: int = 0
+    fine_tune_layers: int = 0
+    fine_tune_rate_factor: float = 0.1
     # horovod (horovod.spark.run, Petastorm shards) or tf_distribute (a Spark barrier stage,
     # MultiWorkerMirroredStrategy, pyarrow shards); auto: horovod where it is installed, else tf_distribute
     backend: str = "auto"

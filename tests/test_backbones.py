@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +26,9 @@ from skinspark.model import (
 )
 from skinspark.model_dir import load_model, read_preprocessing, save_model_dir
 from skinspark.tools.synthetic import generate
+from skinspark.train import worker
+from skinspark.train.worker import Phase, restore_into, training_phases
+from tests.conftest import BACKENDS
 
 SMALL = (32, 32, 3)  # MobileNetV2's smallest input: the cheapest backbone to build in a test
 
@@ -159,25 +164,79 @@ def small_table(spark, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_backbone_trains_from_its_weights_file_and_scores(small_table, weights_file, tmp_path, capsys):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_backbone_fine_tunes_from_its_weights_file_and_scores(
+    backend, small_table, weights_file, tmp_path, capsys
+):
+    """Two phases: one epoch with the backbone frozen, one with its top 12 layers at a tenth of the rate.
+    The layers below them never train (their weights are still the file's), the top ones do."""
     source, table = small_table
-    path, _ = weights_file
+    path, saved = weights_file
     model_dir = tmp_path / "model"
-    arguments = ["--data", str(table), "--output", str(model_dir), "--epochs", "1", "--num-proc", "2"]
-    code = train_job.main(
-        [*arguments, "--batch-size", "16", "--model", "mobilenet_v2", "--weights", str(path)]
-    )
-    assert code == 0, capsys.readouterr().err
+    arguments = ["--data", str(table), "--output", str(model_dir), "--epochs", "2", "--num-proc", "2"]
+    arguments += [
+        "--batch-size",
+        "16",
+        "--model",
+        "mobilenet_v2",
+        "--weights",
+        str(path),
+        "--backend",
+        backend,
+    ]
+    tuning = [
+        "--conf",
+        "freeze_epochs=1",
+        "--conf",
+        "fine_tune_layers=12",
+        "--conf",
+        "fine_tune_rate_factor=0.1",
+    ]
+    tuning += ["--learning-rate", "0.0003", "--conf", "warmup_steps=1"]  # the rate is 0.0006 from step 1 on
+    assert train_job.main([*arguments, *tuning, "--precision", "float32"]) == 0, capsys.readouterr().err
     assert "mobilenet_v2" in (model_dir / "_config.yaml").read_text()
-    assert read_preprocessing(str(model_dir))[("height")] == 32
+    assert read_preprocessing(str(model_dir))["height"] == 32
+    history = pd.read_csv(model_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert list(history["learning_rate"]) == pytest.approx([0.0006, 0.00006], rel=1e-4)
     model = load_model(str(model_dir))
-    assert model.name == "mobilenet_v2" and model.get_layer(BACKBONE_LAYER) is not None
+    assert model.name == "mobilenet_v2"
+    network = model.get_layer(BACKBONE_LAYER)
+    reference = tf.keras.applications.MobileNetV2(include_top=False, weights=str(path), input_shape=SMALL)
+    bottom = [w for layer in reference.layers[:-12] for w in layer.get_weights()]
+    trained_bottom = [w for layer in network.layers[:-12] for w in layer.get_weights()]
+    assert all(np.array_equal(a, b) for a, b in zip(trained_bottom, bottom, strict=True))
+    top = [w for layer in reference.layers[-12:] for w in layer.trainable_weights]
+    trained_top = [w for layer in network.layers[-12:] for w in layer.trainable_weights]
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(trained_top, top, strict=True))
     output = tmp_path / "scored"
     images = [str(source / folder) for folder in schema.IMAGE_FOLDERS]
     assert score_job.main(["--model", str(model_dir), "--images", *images, "--output", str(output)]) == 0
     scored = pd.read_parquet(output)
     assert len(scored) == 120 and scored[score_lib.ERROR_REASON].isna().all()
     np.testing.assert_allclose(scored[list(schema.PROB_COLUMNS)].sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_fine_tuning_phases_and_where_a_resumed_run_restores(monkeypatch):
+    plan = SimpleNamespace(model_name="mobilenet_v2", epochs=5, initial_epoch=0, freeze_epochs=2)
+    plan.fine_tune_layers, plan.fine_tune_rate_factor, plan.resume_dir = 0, 0.1, None
+    assert training_phases(plan) == [Phase(0, 2, 0, 1.0), Phase(2, 5, None, 0.1)]
+    plan.fine_tune_layers = 30
+    assert training_phases(plan)[1] == Phase(2, 5, 30, 0.1)
+    plan.initial_epoch = 2
+    assert training_phases(plan) == [Phase(2, 5, 30, 0.1)]
+    plan.model_name = "paper_cnn"
+    assert training_phases(plan) == [Phase(0, 5, None, 1.0)]
+    plan.model_name, plan.freeze_epochs, plan.initial_epoch = "resnet50", 0, 0
+    assert training_phases(plan) == [Phase(0, 5, None, 1.0)]
+    calls = []
+    monkeypatch.setattr(worker, "restore_checkpoint", lambda path, model, optimizer: calls.append(optimizer))
+    plan.resume_dir = "checkpoints/epoch-00002"
+    plan.initial_epoch = 2  # the checkpoint closed the frozen phase: its optimizer had other variables
+    assert restore_into(plan, Phase(2, 5, None, 0.1), "model", "optimizer") and calls == [None]
+    plan.initial_epoch = 3  # written inside the fine-tuning phase: its optimizer state comes back too
+    assert restore_into(plan, Phase(2, 5, None, 0.1), "model", "optimizer") and calls == [None, "optimizer"]
+    assert not restore_into(plan, Phase(5, 6, None, 0.1), "model", "optimizer")
 
 
 def test_training_refuses_a_table_smaller_than_the_model_and_unusable_weights(small_table, tmp_path, capsys):
@@ -189,3 +248,5 @@ def test_training_refuses_a_table_smaller_than_the_model_and_unusable_weights(sm
     assert "ingest again with --height and --width of 46 or more" in capsys.readouterr().err
     assert train_job.main([*arguments, "--model", "mobilenet_v2", "--weights", str(tmp_path / "no.h5")]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert train_job.main([*arguments, "--conf", "freeze_epochs=2"]) == 2
+    assert "freeze_epochs freezes a backbone: paper_cnn has none" in capsys.readouterr().err

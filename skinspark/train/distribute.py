@@ -103,7 +103,14 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
 
     from skinspark import precision, schema
     from skinspark.train.data import EVAL_BATCH_SIZE, arrow_dataset, read_split
-    from skinspark.train.worker import EpochLog, compile_model, fit_callbacks, targets
+    from skinspark.train.worker import (
+        EpochLog,
+        compile_model,
+        fit_callbacks,
+        restore_into,
+        targets,
+        training_phases,
+    )
 
     size = strategy.num_replicas_in_sync
     tf.keras.utils.set_random_seed(plan.seed + rank)
@@ -114,12 +121,12 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
     watchdog.progress("reading the validation split")
     # The strategy averages gradients across workers: the rate scales with them, as with Horovod.
     scaled_lr = plan.learning_rate * size
+    phases = training_phases(plan)
     with strategy.scope():
-        model, optimizer = compile_model(plan, scaled_lr)
-        if plan.resume_dir is not None:
-            from skinspark.train.checkpoints import restore_checkpoint
-
-            restore_checkpoint(plan.resume_dir, model, optimizer)  # every worker: no broadcast needed
+        model, optimizer = compile_model(
+            plan, scaled_lr * phases[0].rate_factor, trainable=phases[0].trainable
+        )
+        restore_into(plan, phases[0], model, optimizer)  # every worker reads it: no broadcast needed
     watchdog.progress("building the model")
     sharding = {}
 
@@ -148,16 +155,22 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
             keep_checkpoints=plan.keep_checkpoints if rank == 0 else 1,
             progress=watchdog.progress,
         )
-        model.fit(
-            dataset,
-            steps_per_epoch=plan.steps_per_epoch,
-            epochs=plan.epochs,
-            initial_epoch=plan.initial_epoch,
-            validation_data=(validation["image"], targets(validation["label"], plan.label_smoothing)),
-            validation_batch_size=EVAL_BATCH_SIZE,
-            callbacks=fit_callbacks(plan, scaled_lr, size, log),
-            verbose=2 if rank == 0 else 0,
-        )
+        for index, phase in enumerate(phases):
+            if index > 0:  # fine-tuning: other trainable layers, a new optimizer at a lower rate
+                with strategy.scope():
+                    model, log.optimizer = compile_model(
+                        plan, scaled_lr * phase.rate_factor, model=model, trainable=phase.trainable
+                    )
+            model.fit(
+                dataset,
+                steps_per_epoch=plan.steps_per_epoch,
+                epochs=phase.end,
+                initial_epoch=max(plan.initial_epoch, phase.start),
+                validation_data=(validation["image"], targets(validation["label"], plan.label_smoothing)),
+                validation_batch_size=EVAL_BATCH_SIZE,
+                callbacks=fit_callbacks(plan, scaled_lr * phase.rate_factor, size, log),
+                verbose=2 if rank == 0 else 0,
+            )
     result = {
         "rank": rank,
         "size": size,
@@ -165,9 +178,12 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
         "sharding": sharding.get("mode"),
         "precision": chosen,
     }
+    # Every worker reads the weights: reading a synchronised-on-read variable (batch normalisation's
+    # moving statistics in a backbone) is a collective that waits for all of them.
+    weights = model.get_weights()
     if rank == 0:
         result["history"] = log.history
-        result["weights"] = model.get_weights()
+        result["weights"] = weights
     return result
 
 

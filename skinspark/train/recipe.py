@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from skinspark import schema
 from skinspark.config import TrainConfig
-from skinspark.model import MODELS
+from skinspark.model import BACKBONES, MODELS
 from skinspark.precision import PRECISIONS
 
 CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
@@ -26,6 +26,19 @@ def validate_config(config: TrainConfig) -> None:
             "gradient_compression fp16 is Horovod's: use --backend horovod, or gradient_compression none",
         ),
         (config.epochs >= 1, f"epochs must be at least 1, got {config.epochs}"),
+        (config.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {config.freeze_epochs}"),
+        (
+            config.freeze_epochs == 0 or config.model in BACKBONES,
+            f"freeze_epochs freezes a backbone: {config.model} has none (use a backbone --model, or 0)",
+        ),
+        (
+            config.fine_tune_layers >= 0,
+            f"fine_tune_layers must be >= 0 (0: all), got {config.fine_tune_layers}",
+        ),
+        (
+            0 < config.fine_tune_rate_factor <= 1,
+            f"fine_tune_rate_factor must be in (0, 1], got {config.fine_tune_rate_factor}",
+        ),
         (config.batch_size >= 1, f"batch_size must be at least 1, got {config.batch_size}"),
         (config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}"),
         (config.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {config.warmup_epochs}"),

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from skinspark import precision, schema
 from skinspark.config import TrainConfig
-from skinspark.model import build_model
+from skinspark.model import BACKBONES, build_model, set_trainable_layers
 from skinspark.train.checkpoints import CHECKPOINTS, restore_checkpoint, write_checkpoint
 from skinspark.train.data import (
     EVAL_BATCH_SIZE,
@@ -79,6 +79,9 @@ class RankPlan:
     keep_checkpoints: int
     gradient_compression: str
     stall_timeout_s: float
+    freeze_epochs: int
+    fine_tune_layers: int
+    fine_tune_rate_factor: float
 
     @classmethod
     def build(cls, config: TrainConfig, data_url: str, model_dir: Path, **run) -> RankPlan:
@@ -110,8 +113,47 @@ class RankPlan:
             keep_checkpoints=config.keep_checkpoints,
             gradient_compression=config.gradient_compression,
             stall_timeout_s=config.stall_timeout_s,
+            freeze_epochs=config.freeze_epochs,
+            fine_tune_layers=config.fine_tune_layers,
+            fine_tune_rate_factor=config.fine_tune_rate_factor,
             **run,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs trained with one set of trainable layers at one share of the rate."""
+
+    start: int  # epochs done before it
+    end: int  # epochs done after it (Keras fit's `epochs`)
+    trainable: int | None  # backbone layers that train: None all, 0 none (frozen), N the top N
+    rate_factor: float  # of the scaled learning rate
+
+
+def training_phases(plan: RankPlan) -> list[Phase]:
+    """The phases still to train after `plan.initial_epoch`.
+
+    One phase of everything for the paper's CNN, or a backbone with `freeze_epochs` 0. Otherwise
+    fine-tuning in two: the backbone frozen (only the new head trains) for `freeze_epochs`, then its
+    top `fine_tune_layers` layers (0: all) train too, at `fine_tune_rate_factor` of the rate.
+    """
+    if plan.model_name not in BACKBONES or plan.freeze_epochs == 0:
+        phases = [Phase(0, plan.epochs, None, 1.0)]
+    else:
+        frozen = min(plan.freeze_epochs, plan.epochs)
+        tuned = plan.fine_tune_layers or None
+        phases = [Phase(0, frozen, 0, 1.0), Phase(frozen, plan.epochs, tuned, plan.fine_tune_rate_factor)]
+    return [phase for phase in phases if phase.end > max(phase.start, plan.initial_epoch)]
+
+
+def restore_into(plan: RankPlan, phase: Phase, model, optimizer) -> bool:
+    """Restore `plan.resume_dir` when `phase` is where the resumed run continues; the optimizer's state
+    too, unless the checkpoint closed the phase before (its optimizer had other variables). True if
+    a checkpoint was read."""
+    if plan.resume_dir is None or phase.start > plan.initial_epoch:
+        return False
+    restore_checkpoint(plan.resume_dir, model, optimizer if plan.initial_epoch > phase.start else None)
+    return True
 
 
 def train_worker(plan: RankPlan) -> dict:
@@ -224,7 +266,8 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
 
     validation = read_split(plan.val_url, height, width, workers=plan.reader_workers)
     progress("reading the validation split")
-    model, optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size)
+    phases = training_phases(plan)
+    model, optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phases[0])
     progress("building the model")
     log = EpochLog(
         images_per_epoch=plan.steps_per_epoch * plan.batch_size * size,
@@ -242,18 +285,21 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
         )
         if plan.label_smoothing > 0:  # smoothing needs one-hot targets (class weights still apply)
             dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, schema.NUM_CLASSES)))
-        model.fit(
-            dataset,
-            # The dataset never ends; a fixed step count gives every rank the same number of allreduces.
-            steps_per_epoch=plan.steps_per_epoch,
-            epochs=plan.epochs,
-            initial_epoch=plan.initial_epoch,
-            validation_data=(validation["image"], targets(validation["label"], plan.label_smoothing)),
-            validation_batch_size=EVAL_BATCH_SIZE,
-            class_weight=plan.class_weight,
-            callbacks=_callbacks(hvd, plan, scaled_lr, log),
-            verbose=2 if rank == 0 else 0,
-        )
+        for index, phase in enumerate(phases):
+            if index > 0:  # fine-tuning: other trainable layers, a new optimizer at a lower rate
+                model, log.optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phase, model)
+            model.fit(
+                dataset,
+                # The dataset never ends; a fixed step count gives every rank the same number of allreduces.
+                steps_per_epoch=plan.steps_per_epoch,
+                epochs=phase.end,
+                initial_epoch=max(plan.initial_epoch, phase.start),
+                validation_data=(validation["image"], targets(validation["label"], plan.label_smoothing)),
+                validation_batch_size=EVAL_BATCH_SIZE,
+                class_weight=plan.class_weight,
+                callbacks=_callbacks(hvd, plan, scaled_lr, log),
+                verbose=2 if rank == 0 else 0,
+            )
     result = {"rank": rank, "size": size, "batches": log.batches, "sharding": sharding, "precision": chosen}
     if rank == 0:
         result["history"] = log.history
@@ -261,32 +307,42 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     return result
 
 
-def _compiled_model(hvd, plan: RankPlan, rank: int, size: int):
-    """The model and its distributed optimizer, in rank 0's state on every rank; and the scaled rate."""
+def _compiled_model(hvd, plan: RankPlan, rank: int, size: int, phase: Phase, model=None):
+    """The model (built unless given) compiled for `phase` with a distributed optimizer, in rank 0's
+    state on every rank; and the phase's scaled rate."""
     import horovod.tensorflow as hvd_tf
 
     # Horovod: scale the learning rate by the number of ranks (the global batch grows with it).
-    scaled_lr = plan.learning_rate * size
+    scaled_lr = plan.learning_rate * size * phase.rate_factor
     # Horovod: average gradients across ranks.
     compression = hvd.Compression.fp16 if plan.gradient_compression == "fp16" else hvd.Compression.none
     model, optimizer = compile_model(
-        plan, scaled_lr, wrap=lambda adam: hvd.DistributedOptimizer(adam, compression=compression)
+        plan,
+        scaled_lr,
+        wrap=lambda adam: hvd.DistributedOptimizer(adam, compression=compression),
+        model=model,
+        trainable=phase.trainable,
     )
-    if plan.resume_dir is not None and rank == 0:
+    if rank == 0:
         # Horovod: only rank 0 reads the checkpoint; the broadcast below hands its state to the others.
-        restore_checkpoint(plan.resume_dir, model, optimizer)
+        restore_into(plan, phase, model, optimizer)
     # Horovod: every rank starts from rank 0's weights and optimizer state, before the first step (the
     # callback in `_callbacks` broadcasts again after the first batch, as in Horovod's examples).
     hvd_tf.broadcast_variables(model.variables + list(optimizer.variables), root_rank=0)
     return model, optimizer, scaled_lr
 
 
-def compile_model(plan: RankPlan, learning_rate: float, wrap=None):
-    """The plan's model compiled with Adam at `learning_rate` (wrapped by `wrap`, e.g. Horovod's
-    distributed optimizer), its optimizer built so that restores and broadcasts reach its slots."""
-    model = build_model(
-        plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout, weights=plan.weights
-    )
+def compile_model(plan: RankPlan, learning_rate: float, wrap=None, model=None, trainable: int | None = None):
+    """The plan's model (built unless `model` is given) compiled with Adam at `learning_rate` (wrapped
+    by `wrap`, e.g. Horovod's distributed optimizer), its optimizer built so that restores and
+    broadcasts reach its slots. For a backbone, `trainable` says which of its layers train (None: all,
+    0: none, N: the top N)."""
+    if model is None:
+        model = build_model(
+            plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout, weights=plan.weights
+        )
+    if plan.model_name in BACKBONES:
+        set_trainable_layers(model, trainable)
     clipping = {"global_clipnorm": plan.clip_norm} if plan.clip_norm > 0 else {}
     optimizer = tf.keras.optimizers.Adam(learning_rate=learning_rate, **clipping)
     if wrap is not None:

@@ -160,8 +160,13 @@ def _warm_up_subset(data_dir: Path, work_dir: Path, files: list[Path], count: in
 
 
 def _ensure_table(spark: SparkSession, data_dir: Path, work_dir: Path, config: IngestConfig) -> Path:
-    """The ingested table of `data_dir` under `work_dir`, ingested once and reused by later sections."""
-    table = work_dir / "bench-table"
+    """The ingested table of `data_dir` under `work_dir` at the config's image size, ingested once and
+    reused by later sections."""
+    table = work_dir / (
+        "bench-table"
+        if (config.height, config.width) == (75, 100)
+        else f"bench-table-{config.height}x{config.width}"
+    )
     manifest = table / "_manifest.json"
     if not (manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete"):
         image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
@@ -189,6 +194,8 @@ def bench_train_throughput(
     train_split = read_split(petastorm_url(table.absolute().as_uri()) + "/split=train", height, width)
     backends = [name for name in TRAIN_BACKENDS if name != "horovod" or _horovod_installed()]
     figures: dict = {
+        "model": config.model,
+        "image_size": [height, width],
         "train_images": int(len(train_split["label"])),
         "global_batch": config.batch_size * 2,
         "backends": backends,

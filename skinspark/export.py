@@ -1,0 +1,174 @@
+"""Edge export: a trained MODEL_DIR as a TensorFlow Lite model that checks itself against Keras.
+
+`export_tflite` converts `model.keras` with `tf.lite.TFLiteConverter` (`quantize`: "none" keeps float32,
+"float16" stores the weights as float16, "int8" quantizes weights and activations with a calibration
+on the validation split, falling back to float for any operation without an integer kernel), writes
+`model.tflite` with the model's `labels.json` and `preprocessing.json` beside it, then runs the TFLite
+interpreter on one thread over the test split and records in `export.json` how far it agrees with
+the Keras model (share of equal argmax predictions, largest probability difference), the file size
+and the milliseconds per image. The input stays the ingested uint8 pixels, as for the Keras model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skinspark import model_dir as model_dir_module
+from skinspark.manifest import write_json_atomic
+from skinspark.train.data import petastorm_url, read_split
+
+FORMATS = ("tflite",)
+QUANTIZATIONS = ("none", "float16", "int8")
+TFLITE_FILE = "model.tflite"
+EXPORT_FILE = "export.json"
+# Share of the test split's argmax predictions the export must share with the Keras model.
+AGREEMENT_TARGETS = {"none": 0.99, "float16": 0.99, "int8": 0.97}
+CALIBRATION_IMAGES = 200  # validation images the int8 calibration runs (all of them when fewer)
+
+
+class ExportError(ValueError):
+    """A model directory or table that cannot be exported or checked."""
+
+
+def export_tflite(
+    model_dir: str,
+    output_dir: str | None = None,
+    quantize: str = "none",
+    data: str | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+) -> dict:
+    """Write `model.tflite` (with labels.json, preprocessing.json and export.json) and check it.
+
+    Args:
+        model_dir: a trained model directory.
+        output_dir: where to write (default `MODEL_DIR/tflite-<quantize>`).
+        quantize: one of QUANTIZATIONS.
+        data: the ingested table whose val (calibration) and test (check) splits to read; default the
+            table the model was trained on (MODEL_DIR's `_manifest.json`).
+        calibration_images: validation images for the int8 calibration.
+
+    Returns:
+        The contents of export.json: files, size, quantization, agreement with Keras on the test
+        split, milliseconds per image on one thread, and whether the agreement target is met.
+
+    Raises:
+        ExportError: an unknown quantization, a model directory without its files, or no table.
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    try:
+        source = Path(model_dir_module.local_path(model_dir))
+        spec = model_dir_module.read_model_spec(str(source))
+        model = model_dir_module.load_model(str(source))
+    except (model_dir_module.ModelDirError, FileNotFoundError, OSError) as error:
+        raise ExportError(f"cannot export {model_dir}: {error}") from None
+    table = petastorm_url(data or _trained_on(source))
+    height, width = int(spec["height"]), int(spec["width"])
+    validation = read_split(f"{table}/split=val", height, width)
+    test = read_split(f"{table}/split=test", height, width)
+    if len(test["label"]) == 0:
+        raise ExportError(f"{table} has no test images to check the export on")
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        calibration = validation["image"][:calibration_images]
+        if len(calibration) == 0:
+            raise ExportError(f"{table} has no validation images to calibrate int8 on")
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    flat = converter.convert()
+
+    target = Path(output_dir) if output_dir else source / f"tflite-{quantize}"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / TFLITE_FILE).write_bytes(flat)
+    for name in (model_dir_module.LABELS_FILE, model_dir_module.PREPROCESSING_FILE):
+        shutil.copyfile(source / name, target / name)
+    check = check_tflite(flat, model, test["image"])
+    report = {
+        "model_dir": str(source),
+        "output_dir": str(target),
+        "format": "tflite",
+        "quantize": quantize,
+        "table": table,
+        "calibration_images": int(min(calibration_images, len(validation["label"])))
+        if quantize == "int8"
+        else 0,
+        "tflite_bytes": len(flat),
+        "keras_bytes": (source / model_dir_module.MODEL_FILE).stat().st_size,
+        **check,
+        "agreement_target": AGREEMENT_TARGETS[quantize],
+        "meets_target": check["argmax_agreement"] >= AGREEMENT_TARGETS[quantize],
+        "tensorflow": tf.__version__,
+    }
+    write_json_atomic(target / EXPORT_FILE, report)
+    return report
+
+
+def check_tflite(flat: bytes, model, images: np.ndarray) -> dict:
+    """Run the TFLite model one image at a time on one thread and compare it with `model` (Keras).
+
+    Returns test_images, argmax_agreement, max_probability_difference and milliseconds_per_image (the
+    median of the per-image invoke times).
+    """
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=flat, num_threads=1)
+    interpreter.allocate_tensors()
+    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    outputs, seconds = [], []
+    for image in images:
+        interpreter.set_tensor(source["index"], image[None].astype(source["dtype"]))
+        started = time.perf_counter()
+        interpreter.invoke()
+        seconds.append(time.perf_counter() - started)
+        outputs.append(_dequantized(interpreter.get_tensor(sink["index"])[0], sink))
+    lite = np.asarray(outputs, dtype=np.float64)
+    keras = model.predict(images, batch_size=256, verbose=0).astype(np.float64)
+    return {
+        "test_images": int(len(images)),
+        "argmax_agreement": round(float((lite.argmax(1) == keras.argmax(1)).mean()), 4),
+        "max_probability_difference": round(float(np.abs(lite - keras).max()), 6),
+        "milliseconds_per_image": round(1000 * statistics.median(seconds), 3),
+        "input_dtype": np.dtype(source["dtype"]).name,
+    }
+
+
+def _dequantized(values: np.ndarray, details: dict) -> np.ndarray:
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    if np.issubdtype(values.dtype, np.integer) and scale:
+        return (values.astype(np.float64) - zero_point) * scale
+    return values.astype(np.float64)
+
+
+def _trained_on(model_dir: Path) -> str:
+    manifest = model_dir / "_manifest.json"
+    try:
+        return json.loads(manifest.read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        raise ExportError(
+            f"{manifest} does not say which table the model was trained on: pass --data TABLE"
+        ) from None
+
+
+def summary(report: dict) -> str:
+    """The export's figures in a few lines."""
+    verdict = "meets" if report["meets_target"] else "is BELOW"
+    return (
+        f"export: {report['output_dir']}/{TFLITE_FILE} ({report['quantize']}, "
+        f"{report['tflite_bytes']:,} bytes; model.keras {report['keras_bytes']:,})\n"
+        f"  test split: {report['test_images']} images, argmax agreement with Keras "
+        f"{report['argmax_agreement']:.2%} ({verdict} the {report['agreement_target']:.0%} target), largest "
+        f"probability difference {report['max_probability_difference']:.4f}\n"
+        f"  TFLite on one thread: {report['milliseconds_per_image']:.2f} ms per image"
+    )

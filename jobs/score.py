@@ -24,8 +24,10 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         required=True,
+        action="append",
         metavar="MODEL_DIR",
-        help="model directory (model.keras, labels.json, preprocessing.json), " "local or mounted",
+        help="model directory (model.keras, labels.json, preprocessing.json), local or mounted; repeat it "
+        "for an ensemble whose probabilities are averaged (one label order and input size for all)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(

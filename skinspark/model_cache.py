@@ -15,8 +15,10 @@ import threading
 from collections import Counter
 from typing import Any
 
-# At most this many models stay loaded in one worker: a worker that serves two jobs in turn keeps both.
+# At most this many models stay loaded in one worker: a worker that serves two jobs in turn keeps both
+# (an ensemble raises it to its size, `reserve`).
 MAX_MODELS = 2
+_capacity = MAX_MODELS
 
 _MODELS: dict[tuple[str, str, str], Any] = {}
 _LOADS: Counter = Counter()
@@ -65,11 +67,18 @@ def get_model(model_dir: str, model_id: str, threads: int = 1, precision: str = 
             if not _LOADS:
                 configure_threads(threads)
             model = in_precision(load_model(model_dir), precision)
-            while len(_MODELS) >= MAX_MODELS:
+            while len(_MODELS) >= _capacity:
                 _MODELS.pop(next(iter(_MODELS)))
             _MODELS[key] = model
             _LOADS[key] += 1
         return model
+
+
+def reserve(models: int) -> None:
+    """Keep room for at least `models` loaded models in this process (all members of an ensemble)."""
+    global _capacity
+    with _LOCK:
+        _capacity = max(_capacity, int(models))
 
 
 def load_count(model_dir: str, model_id: str, precision: str = "float32") -> int:

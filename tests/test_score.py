@@ -537,3 +537,44 @@ def test_isic_submission_and_ground_truth_from_generated_data(generated, model_d
     assert manifest["isic_csv"]["rows"] == len(metadata) and manifest["isic_csv"]["error_rows"] == 0
     out = capsys.readouterr().out
     assert "1 truth rows without a scored image, 1 scored images without a truth row" in out
+
+
+@pytest.mark.slow
+def test_an_ensemble_averages_its_models_probabilities(generated, model_dir, tmp_path, capsys):
+    second = _tiny_model_dir(tmp_path / "second-model", seed=1)
+
+    def run(*models, name):
+        output = tmp_path / name
+        arguments = [part for model in models for part in ("--model", str(model))]
+        arguments += ["--images", str(generated), "--output", str(output), "--precision", "float32"]
+        assert score_job.main(arguments) == 0, capsys.readouterr().err
+        return pd.read_parquet(output).set_index(score_lib.PATH).sort_index(), output
+
+    (first, _), (other, _) = run(model_dir, name="first"), run(second, name="second")
+    both, output = run(model_dir, second, name="both")
+    columns = list(schema.PROB_COLUMNS)
+    assert len(both) == len(first) == 30
+    np.testing.assert_allclose(both[columns], (first[columns] + other[columns]) / 2, atol=1e-6)
+    averaged = ((first[columns].to_numpy() + other[columns].to_numpy()) / 2).argmax(axis=1)
+    assert list(both[score_lib.PREDICTED_DX]) == [schema.LABELS[index] for index in averaged]
+    model = json.loads((output / "_manifest.json").read_text())["model"]
+    assert [member["model_id"] for member in model["ensemble"]] == [
+        first[score_lib.MODEL_ID].iloc[0],
+        other[score_lib.MODEL_ID].iloc[0],
+    ]
+    assert model["model_id"].startswith("ensemble-")
+    assert set(both[score_lib.MODEL_ID]) == {model["model_id"]}
+
+
+def test_ensemble_members_must_take_one_input(generated, model_dir, tmp_path, capsys):
+    other = _tiny_model_dir(tmp_path / "other", seed=2)
+    (other / "preprocessing.json").write_text(
+        json.dumps(model_dir_lib.preprocessing_spec(96, 128, "simplejpeg"))
+    )
+    arguments = ["--model", str(model_dir), "--model", str(other), "--images", str(generated)]
+    assert score_job.main([*arguments, "--output", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert "ensemble members must take the same input" in message and "128x96 pixels" in message
+    arguments = ["--model", str(model_dir), "--model", str(model_dir), "--images", str(generated)]
+    assert score_job.main([*arguments, "--output", str(tmp_path / "out")]) == 2
+    assert "lists the same model directory twice" in capsys.readouterr().err

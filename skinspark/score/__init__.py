@@ -26,6 +26,7 @@ predictions stay on executors):
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -61,7 +62,7 @@ from skinspark.score.columns import (
     output_columns,
 )
 from skinspark.score.isic import evaluate_against_truth, write_submission
-from skinspark.score.predict import WorkerModel, open_model, predict_frame
+from skinspark.score.predict import WorkerModel, open_models, predict_frame
 from skinspark.score.report import (
     METRICS_FILE,
     ScoreError,
@@ -114,7 +115,7 @@ MODES = ("overwrite", "resume")
 
 def score(
     spark: SparkSession,
-    model_dir: str,
+    model_dir: str | Sequence[str],
     output: str,
     config: ScoreConfig,
     images: Sequence[str] | None = None,
@@ -128,7 +129,9 @@ def score(
 
     Args:
         spark: the session.
-        model_dir: a model directory (model.keras, labels.json, preprocessing.json), local or mounted.
+        model_dir: a model directory (model.keras, labels.json, preprocessing.json), local or mounted;
+            or several, an ensemble whose probabilities are averaged (one label order and one input
+            size and decoder for all).
         output: the predictions directory (any Hadoop URI): `chunk=NNNNNN/` Parquet directories plus
             `_manifest.json`, `_config.yaml` and, for a labelled table, `_metrics.json`.
         config: batch size, mode, size limit, chunking and partitioning.
@@ -152,7 +155,11 @@ def score(
     _check_config(config)
     if (images is None) == (table is None):
         raise ScoreError("give either image paths or a table, not both or neither")
-    model_dir, identifier, spec = open_model(model_dir)
+    one = isinstance(model_dir, str | os.PathLike)
+    members, identifier, spec = open_models(
+        [os.fspath(model_dir)] if one else [os.fspath(d) for d in model_dir]
+    )
+    model_dir = members[0][0]
     output = storage.qualify(spark, output).rstrip("/")
     with query_settings(spark, _settings(spark, config)):
         source, inputs = open_source(spark, config, spec, images, table)
@@ -166,10 +173,12 @@ def score(
                 "chunks_planned": len(plan),
             }
             record = {"dir": model_dir, "model_id": identifier, "preprocessing": spec}
+            if len(members) > 1:
+                record["ensemble"] = [{"dir": path, "model_id": name} for path, name in members]
             manifest = start_manifest(source, inputs, output, record, config, run)
             write_record(spark, output, manifest, config_text)
             first = (kept[-1] + 1) if kept else 0
-            model = WorkerModel.ship(spark, model_dir, identifier, spec, config.precision)
+            model = WorkerModel.ship_ensemble(spark, members, identifier, spec, config.precision)
             report = progress_line(progress, started, seen, already, len(plan))
             workers = chunks.score_chunks(
                 spark, source, plan, output, first, model, report, config.batch_size
@@ -186,16 +195,17 @@ def score(
             workers=workers,
         )
         manifest.update(count_output(spark, output, len(chunk_dirs(spark, output)), first))
-        manifest.update(_evaluate(spark, output, model_dir, source.labelled, isic_csv, truth))
+        threshold = melanoma_threshold_of(model_dir) if len(members) == 1 else None
+        manifest.update(_evaluate(spark, output, threshold, source.labelled, isic_csv, truth))
         manifest.update(verdict(manifest, config))
         write_record(spark, output, manifest)
         return ScoreResult(output, manifest)
 
 
-def _evaluate(spark, output: str, model_dir: str, labelled: bool, isic_csv, truth) -> dict:
+def _evaluate(spark, output: str, threshold: float | None, labelled: bool, isic_csv, truth) -> dict:
     """Metrics of a labelled table or against a ground-truth CSV (`_metrics.json`), and the ISIC
-    submission file; melanoma's operating point is the one the model's training fixed."""
-    threshold = melanoma_threshold_of(model_dir)
+    submission file; melanoma's operating point is the one the model's training fixed (none for an
+    ensemble: no training fixed one for the average)."""
     metrics = labelled_metrics(spark, output, threshold) if labelled else {}
     record = {}
     if truth is not None:

@@ -195,7 +195,7 @@ def score_chunks(
     """Score and commit each chunk in turn as `chunk=<first + index>`; returns the worker statistics."""
     stats = spark.sparkContext.accumulator({}, WorkerStats())
     udf_args = {"model": model, "stats": stats, "max_batch": batch_size}
-    identifier = model.identifier
+    identifier = model.model_id
     for index, chunk in enumerate(chunks):
         done = None
         if chunk.done:  # files scored earlier inside this chunk's range (added to the archive since)

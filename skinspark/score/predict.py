@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,40 @@ def open_model(model_dir: str) -> tuple[str, str, dict]:
         raise ScoreError(str(error)) from None
 
 
+def open_models(model_dirs: Sequence[str]) -> tuple[list[tuple[str, str]], str, dict]:
+    """Open one model directory, or the members of an ensemble.
+
+    Returns:
+        The members as (absolute local path, model id), the id of the whole (the model's own for one
+        model; `ensemble-<hash of the members' ids>` for several) and the preprocessing spec they share.
+
+    Raises:
+        ScoreError: no model, a bad directory (`open_model`), one given twice, or members that take
+            different input (size or decoder): their probabilities could not be averaged per image.
+    """
+    if not model_dirs:
+        raise ScoreError("give at least one model directory")
+    opened = [open_model(directory) for directory in model_dirs]
+    members = [(path, identifier) for path, identifier, _ in opened]
+    if len({path for path, _ in members}) < len(members):
+        raise ScoreError("an ensemble lists the same model directory twice")
+    first_path, _, spec = opened[0]
+    for path, _, other in opened[1:]:
+        if other != spec:
+            raise ScoreError(
+                f"ensemble members must take the same input: {first_path} takes {_describe(spec)}, "
+                f"{path} takes {_describe(other)} (ingest and train them at one size)"
+            )
+    if len(members) == 1:
+        return members, members[0][1], spec
+    digest = hashlib.sha256("+".join(identifier for _, identifier in members).encode()).hexdigest()
+    return members, f"ensemble-{digest[:12]}", spec
+
+
+def _describe(spec: dict) -> str:
+    return f"{spec['width']}x{spec['height']} pixels decoded by {spec['decoder']}"
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerModel:
     """What a Python worker needs to load a model directory once and feed it the right pixels."""
@@ -50,6 +85,15 @@ class WorkerModel:
     width: int
     decoder: str
     precision: str = "auto"  # as requested: each worker resolves `auto` on its own CPU
+    # The other models of an ensemble, (location, identifier) each: their probabilities and this one's
+    # are averaged.
+    others: tuple[tuple[str, str], ...] = ()
+    ensemble_id: str | None = None  # the whole ensemble's id (`open_models`), written as `model_id`
+
+    @property
+    def model_id(self) -> str:
+        """What the output's `model_id` column holds: the model's id, or the ensemble's."""
+        return self.ensemble_id or self.identifier
 
     @classmethod
     def ship(
@@ -60,6 +104,23 @@ class WorkerModel:
         return cls(
             location, identifier, task_cpus(spark), spec["height"], spec["width"], spec["decoder"], precision
         )
+
+    @classmethod
+    def ship_ensemble(
+        cls,
+        spark: SparkSession,
+        members: Sequence[tuple[str, str]],
+        ensemble_id: str,
+        spec: dict,
+        precision: str = "auto",
+    ) -> WorkerModel:
+        """The (model_dir, model_id) members of one preprocessing `spec`, each shipped: a worker averages
+        their probabilities. One member is just that model."""
+        first = cls.ship(spark, members[0][0], members[0][1], spec, precision)
+        if len(members) == 1:
+            return first
+        others = tuple((model_dir_module.ship(spark, path, name), name) for path, name in members[1:])
+        return dataclasses.replace(first, others=others, ensemble_id=ensemble_id)
 
     def local_dir(self) -> str:
         """The model directory on this worker's machine."""
@@ -73,7 +134,29 @@ class WorkerModel:
         """Returns the model computing in `precision` (`worker_precision()`), loaded on this
         process's first call (`skinspark.model_cache`)."""
         location = self.local_dir()
-        return functools.partial(model_cache.get_model, location, self.identifier, self.threads, precision)
+        if not self.others:
+            return functools.partial(
+                model_cache.get_model, location, self.identifier, self.threads, precision
+            )
+        members = [(location, self.identifier)]
+        members += [(model_dir_module.unpacked(where), name) for where, name in self.others]
+        return functools.partial(_ensemble, members, self.threads, precision)
+
+
+class Averaged:
+    """Models of one label order and input whose probabilities are averaged, as one model."""
+
+    def __init__(self, models: Sequence):
+        self.models = list(models)
+
+    def predict_on_batch(self, pixels: np.ndarray) -> np.ndarray:
+        outputs = [np.asarray(model.predict_on_batch(pixels), dtype=np.float64) for model in self.models]
+        return np.mean(outputs, axis=0)
+
+
+def _ensemble(members: Sequence[tuple[str, str]], threads: int, precision: str) -> Averaged:
+    model_cache.reserve(len(members))
+    return Averaged([model_cache.get_model(path, name, threads, precision) for path, name in members])
 
 
 def predict_frame(

@@ -60,6 +60,12 @@ def args_parser() -> argparse.ArgumentParser:
         help="per-class loss weights from the train split's counts (default balanced)",
     )
     parser.add_argument(
+        "--balance",
+        choices=["class_weight", "oversample", "none"],
+        help="rare classes: loss weights (default, see --class-weight), oversampling inside the training "
+        "split, or neither",
+    )
+    parser.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "model",
         "weights",
         "class_weight",
+        "balance",
         "augment",
         "seed",
         "precision",

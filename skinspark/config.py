@@ -63,6 +63,10 @@ class TrainConfig:
     warmup_epochs: int = 1  # ramp the scaled learning rate up over this many epochs (if warmup_steps is 0)
     warmup_steps: int = 100  # ramp it up over this many optimizer steps instead (wins when > 0)
     class_weight: str = "balanced"  # "balanced", "sqrt" (its square root) or "none"
+    # How the rare classes count: "class_weight" (the loss weights above), "oversample" (their training
+    # images repeated in each epoch, inside the training split only; no loss weights), "none" (neither)
+    balance: str = "class_weight"
+    oversample_to: int = 0  # "oversample": images per class reached by repeating; 0: the largest class's
     label_smoothing: float = 0.0  # share of each one-hot target spread over the other classes
     clip_norm: float = 0.0  # clip each step's gradient to this global L2 norm; 0: no clipping
     precision: str = "auto"  # float32, bfloat16, or auto: bfloat16 where the rank's CPU has the units

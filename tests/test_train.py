@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from jobs import ingest as ingest_job
@@ -30,7 +31,8 @@ from skinspark.train import (
     restore_checkpoint,
     write_checkpoint,
 )
-from skinspark.train.data import EVAL_BATCH_SIZE, flip
+from skinspark.train.data import EVAL_BATCH_SIZE, _pixels, flip
+from skinspark.train.recipe import oversample_repeats
 from tests.conftest import BACKENDS
 
 # A quick run: 2 ranks, small batches; the rest are the job's defaults.
@@ -577,3 +579,60 @@ def test_a_stalled_rank_ends_the_job_instead_of_hanging(backend, ingested, tmp_p
     assert code == 1
     assert "training failed on rank" in error and "no progress for" in error and "stall_timeout_s=15" in error
     assert elapsed < 120
+
+
+def test_oversampling_repeats_reach_the_largest_class_or_a_target():
+    counts = {"akiec": 262, "bcc": 411, "bkl": 879, "df": 92, "mel": 890, "nv": 5364, "vasc": 114}
+    repeats = oversample_repeats(counts)
+    assert repeats[schema.LABELS.index("nv")] == 1 and repeats[schema.LABELS.index("df")] == round(5364 / 92)
+    assert all(
+        abs(count * repeats[schema.LABELS.index(label)] - 5364) < count for label, count in counts.items()
+    )
+    to_1000 = oversample_repeats(counts, 1000)
+    assert to_1000[schema.LABELS.index("df")] == 11 and to_1000[schema.LABELS.index("mel")] == 1
+    assert oversample_repeats({"nv": 10})[schema.LABELS.index("df")] == 1  # absent: nothing to repeat
+
+
+def test_oversampling_repeats_each_image_its_class_times_before_the_shuffle():
+    images = np.random.default_rng(2).integers(0, 256, (6, 2, 3, 3), dtype=np.uint8)
+    labels = np.array([0, 0, 0, 1, 1, 5], dtype=np.int32)
+    rows = tf.data.Dataset.from_tensors(([image.tobytes() for image in images], labels))
+    repeats = {1: 3, 5: 4}
+    out = list(_pixels(rows, 2, 3, 1, 64, False, 0, None, repeats).as_numpy_iterator())
+    seen = np.concatenate([batch_labels for _, batch_labels in out])
+    assert {label: int((seen == label).sum()) for label in (0, 1, 5)} == {0: 3, 1: 6, 5: 4}
+    pixels = np.concatenate([batch_images for batch_images, _ in out])
+    copies = [sum(np.array_equal(image, seen_image) for seen_image in pixels) for image in images]
+    assert copies == [1, 1, 1, 3, 3, 4]
+    assert list(seen) != sorted(seen)  # copies are shuffled apart, not left in runs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_oversampling_inside_the_training_split(backend, ingested, tmp_path):
+    model_dir = tmp_path / "model"
+    arguments = [
+        "--data",
+        str(ingested),
+        "--output",
+        str(model_dir),
+        "--epochs",
+        "1",
+        *QUICK,
+        "--backend",
+        backend,
+    ]
+    assert train_job.main([*arguments, "--balance", "oversample", "--precision", "float32"]) == 0
+    manifest = _manifest(model_dir)
+    ingest_manifest = json.loads((ingested / "_manifest.json").read_text())
+    by_class = ingest_manifest["counts"]["splits"]["train"]["by_class"]
+    expected = oversample_repeats(by_class)
+    assert manifest["balance"] == "oversample" and manifest["class_weight"] == {}
+    assert manifest["oversample_repeats"] == {
+        schema.LABELS[index]: count for index, count in expected.items()
+    }
+    epoch = sum(int(by_class.get(label, 0)) * expected[index] for index, label in enumerate(schema.LABELS))
+    assert epoch > 1.5 * manifest["rows"]["train"]
+    assert manifest["steps_per_epoch"] == math.ceil(epoch / (16 * 2))
+    assert {rank["batches"] for rank in manifest["ranks"]} == {manifest["steps_per_epoch"]}

@@ -65,7 +65,13 @@ from skinspark.train.failures import (
     rank_environment,
     run_ranks,
 )
-from skinspark.train.recipe import CLASS_WEIGHT_MODES, class_weights, resolve_backend, validate_config
+from skinspark.train.recipe import (
+    CLASS_WEIGHT_MODES,
+    class_weights,
+    oversample_repeats,
+    resolve_backend,
+    validate_config,
+)
 from skinspark.train.worker import HISTORY_COLUMNS, RankPlan
 from skinspark.versions import package_versions
 
@@ -141,6 +147,7 @@ def train(
             resume_dir=str(latest[1]) if latest is not None else None,
             steps_per_epoch=run["steps_per_epoch"],
             class_weight=run["class_weight"],
+            repeats=run["repeats"],
             task_cpus=run["task_cpus"],
             weights=run["weights"],
         )
@@ -189,16 +196,25 @@ def _plan_run(spark: SparkSession, config: TrainConfig, ingest_manifest: dict, d
         weights = resolve_weights(config.model, config.weights)
     except WeightsError as error:
         raise TrainInputError(str(error)) from error
+    by_class = splits["train"]["by_class"]
+    weighting = class_weights(by_class, config.class_weight) if config.balance == "class_weight" else None
+    repeats = oversample_repeats(by_class, config.oversample_to) if config.balance == "oversample" else None
+    epoch_images = rows["train"]
+    if repeats is not None:  # an epoch is the oversampled split: every image times its class's repeats
+        epoch_images = sum(
+            int(by_class.get(label, 0)) * repeats[index] for index, label in enumerate(schema.LABELS)
+        )
     return {
         "backend": backend,
         "input_shape": input_shape,
         "weights": weights,
         "rows": rows,
-        "class_weight": class_weights(splits["train"]["by_class"], config.class_weight),
+        "class_weight": weighting,
+        "repeats": repeats,
         "task_cpus": task_cpus,
         "num_proc": num_proc,
         # Every rank runs this many steps per epoch, whatever the size of its shard (else allreduce hangs).
-        "steps_per_epoch": math.ceil(rows["train"] / (config.batch_size * num_proc)),
+        "steps_per_epoch": math.ceil(epoch_images / (config.batch_size * num_proc)),
     }
 
 
@@ -256,6 +272,12 @@ def _finish(
             "evaluated_in": evaluated_in,
         },
         "class_weight": {schema.LABELS[index]: weight for index, weight in weights.items()},
+        "balance": config.balance,
+        "oversample_repeats": (
+            {schema.LABELS[index]: count for index, count in run["repeats"].items()}
+            if run["repeats"]
+            else None
+        ),
         "training_seconds": round(run["training_seconds"], 3),
         "images_per_second": round(float(trained["images_per_second"].mean()), 1) if len(trained) else None,
         "test": {key: test_metrics[key] for key in TEST_SUMMARY_KEYS},

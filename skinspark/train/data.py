@@ -133,6 +133,7 @@ def arrow_dataset(
     shuffle_buffer: int,
     augment: bool,
     seed: int,
+    repeats: dict[int, int] | None = None,
 ):
     """`arrow_shard` as an endless tf.data pipeline of (uint8 images, int32 labels) batches, as
     `training_dataset` makes of a Petastorm reader; and the sharding."""
@@ -144,7 +145,9 @@ def arrow_dataset(
             tf.TensorSpec(shape=(None,), dtype=tf.int32),
         ),
     )
-    return _pixels(rows, height, width, batch_size, shuffle_buffer, augment, seed + rank), sharding
+    return _pixels(
+        rows, height, width, batch_size, shuffle_buffer, augment, seed + rank, None, repeats
+    ), sharding
 
 
 def quiet_petastorm() -> None:
@@ -200,6 +203,7 @@ def training_dataset(
     augment: bool,
     seed: int,
     shard: tuple[int, int] | None = None,
+    repeats: dict[int, int] | None = None,
 ) -> tf.data.Dataset:
     """A Petastorm batch reader as an endless tf.data pipeline of (uint8 images, int32 labels) batches.
 
@@ -208,6 +212,7 @@ def training_dataset(
 
     Args:
         shard: (index, count) to keep every count-th row starting at index, or None to keep all.
+        repeats: oversampling: {label: times each image of that label appears}, or None.
     """
     from petastorm.tf_utils import make_petastorm_dataset
 
@@ -215,7 +220,7 @@ def training_dataset(
         return getattr(batch, schema.IMAGE), getattr(batch, schema.LABEL)
 
     rows = make_petastorm_dataset(reader).map(columns)
-    return _pixels(rows, height, width, batch_size, shuffle_buffer, augment, seed, shard)
+    return _pixels(rows, height, width, batch_size, shuffle_buffer, augment, seed, shard, repeats)
 
 
 def _pixels(
@@ -227,8 +232,11 @@ def _pixels(
     augment: bool,
     seed: int,
     shard: tuple[int, int] | None = None,
+    repeats: dict[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (raw image bytes, labels) as shuffled, optionally flipped, batches of pixels."""
+    """Batches of (raw image bytes, labels) as shuffled, optionally flipped, batches of pixels; with
+    `repeats`, each image appears its label's number of times (before the shuffle, so the copies of one
+    image spread over the shuffle buffer and each copy draws its own flips)."""
     size = stored_size(height, width)
 
     def decode(raw, label):
@@ -243,6 +251,11 @@ def _pixels(
     dataset = rows.map(decode).unbatch()
     if shard is not None:
         dataset = dataset.shard(shard[1], shard[0])
+    if repeats is not None:
+        table = tf.constant([repeats.get(index, 1) for index in range(schema.NUM_CLASSES)], tf.int64)
+        dataset = dataset.flat_map(
+            lambda image, label: tf.data.Dataset.from_tensors((image, label)).repeat(tf.gather(table, label))
+        )
     dataset = dataset.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
     if augment:
         # One map per batch, not per image: each image of the batch still draws its own flips.

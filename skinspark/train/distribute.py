@@ -141,6 +141,7 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
             plan.shuffle_buffer,
             plan.augment,
             plan.seed,
+            plan.repeats,
         )
         return dataset.map(_weighted(plan.class_weight, plan.label_smoothing, schema.NUM_CLASSES))
 

@@ -11,6 +11,7 @@ from skinspark.model import BACKBONES, MODELS
 from skinspark.precision import PRECISIONS
 
 CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
+BALANCE_MODES = ("class_weight", "oversample", "none")
 # How gradients travel between ranks: as they are, or as float16 (Horovod's Compression.fp16).
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 BACKENDS = ("auto", "horovod", "tf_distribute")
@@ -48,6 +49,11 @@ def validate_config(config: TrainConfig) -> None:
             f"label_smoothing must be in [0, 1), got {config.label_smoothing}",
         ),
         (config.clip_norm >= 0, f"clip_norm must be >= 0 (0: no clipping), got {config.clip_norm}"),
+        (config.balance in BALANCE_MODES, f"balance must be one of {BALANCE_MODES}, got {config.balance!r}"),
+        (
+            config.oversample_to >= 0,
+            f"oversample_to must be >= 0 (0: the largest class), got {config.oversample_to}",
+        ),
         (
             config.class_weight in CLASS_WEIGHT_MODES,
             f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {config.class_weight!r}",
@@ -98,6 +104,22 @@ def resolve_backend(requested: str) -> str:
             "use --backend tf_distribute"
         )
     return requested
+
+
+def oversample_repeats(counts: Mapping[str, int], target: int = 0) -> dict[int, int]:
+    """How many times each training image of a class appears per epoch when oversampling: enough that
+    the class reaches about `target` images (0: the largest class's count), never fewer than once.
+
+    Returns {label index: repeats} for every label (1 for a class absent from the split).
+    """
+    present = {label: int(count) for label, count in counts.items() if int(count) > 0}
+    if not present:
+        raise ValueError("no images in the class counts")
+    goal = target or max(present.values())
+    return {
+        index: max(1, round(goal / present[label])) if label in present else 1
+        for index, label in enumerate(schema.LABELS)
+    }
 
 
 def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int, float] | None:

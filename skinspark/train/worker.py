@@ -71,6 +71,7 @@ class RankPlan:
     reduce_lr_factor: float
     min_learning_rate: float
     class_weight: dict[int, float] | None
+    repeats: dict[int, int] | None  # oversampling: each training image of a class this many times per epoch
     augment: bool
     shuffle_buffer: int
     seed: int
@@ -87,7 +88,7 @@ class RankPlan:
     def build(cls, config: TrainConfig, data_url: str, model_dir: Path, **run) -> RankPlan:
         """The plan of a run: the recipe from `config`, the splits under `data_url`, checkpoints and
         error reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
-        previous_history, resume_dir, steps_per_epoch, class_weight, task_cpus, weights)."""
+        previous_history, resume_dir, steps_per_epoch, class_weight, repeats, task_cpus, weights)."""
         return cls(
             train_url=f"{data_url}/split=train",
             val_url=f"{data_url}/split=val",
@@ -281,7 +282,15 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     with reader:
         shard = (rank, size) if sharding == "rows" else None
         dataset = training_dataset(
-            reader, height, width, plan.batch_size, plan.shuffle_buffer, plan.augment, plan.seed + rank, shard
+            reader,
+            height,
+            width,
+            plan.batch_size,
+            plan.shuffle_buffer,
+            plan.augment,
+            plan.seed + rank,
+            shard,
+            plan.repeats,
         )
         if plan.label_smoothing > 0:  # smoothing needs one-hot targets (class weights still apply)
             dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, schema.NUM_CLASSES)))

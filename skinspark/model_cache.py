@@ -61,12 +61,14 @@ def get_model(model_dir: str, model_id: str, threads: int = 1, precision: str = 
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from skinspark.model_dir import load_model
+            from skinspark.model_dir import TFLiteModel, load_model
             from skinspark.precision import in_precision
 
             if not _LOADS:
                 configure_threads(threads)
-            model = in_precision(load_model(model_dir), precision)
+            model = load_model(model_dir, threads)
+            if not isinstance(model, TFLiteModel):  # a TFLite model computes as it was exported
+                model = in_precision(model, precision)
             while len(_MODELS) >= _capacity:
                 _MODELS.pop(next(iter(_MODELS)))
             _MODELS[key] = model

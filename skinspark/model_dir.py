@@ -2,7 +2,8 @@
 
 A model directory holds everything scoring needs (see `save_model_dir`):
 
-    model.keras            Keras native format (weights and architecture, no optimizer)
+    model.keras            Keras native format (weights and architecture, no optimizer); or instead
+    model.tflite           a TensorFlow Lite export of it (`jobs/export.py`), which scoring runs as well
     labels.json            {"labels": [...schema.LABELS], "names": {label: long name}}
     preprocessing.json     {"height", "width", "channels", "input_dtype", "pixel_scaling", "decoder"}
     _config.yaml           the resolved training config
@@ -38,6 +39,7 @@ PREPROCESSING_FILE = "preprocessing.json"
 INGEST_MANIFEST_FILE = "ingest_manifest.json"
 METRICS_FILE = "metrics.json"  # the test split's metrics, written by training
 MODEL_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESSING_FILE)  # what decides predictions: model_id hashes these
+TFLITE_FILE = "model.tflite"
 PIXEL_SCALING = "model: Rescaling(1/255)"
 _SPARKFILES = "sparkfiles:"
 
@@ -105,18 +107,59 @@ def save_model_dir(
     write_text_atomic(directory / CONFIG_FILE, config_yaml)
 
 
-def load_model(model_dir: str) -> tf.keras.Model:
-    """Load the model saved by `save_model_dir` (uncompiled: for prediction).
+def model_files(model_dir: str) -> tuple[str, ...]:
+    """The files that decide a directory's predictions: MODEL_FILES, or model.tflite with the two JSON
+    files where the directory holds a TensorFlow Lite export and no model.keras."""
+    directory = Path(model_dir)
+    if not (directory / MODEL_FILE).is_file() and (directory / TFLITE_FILE).is_file():
+        return (TFLITE_FILE, LABELS_FILE, PREPROCESSING_FILE)
+    return MODEL_FILES
+
+
+def load_model(model_dir: str, threads: int = 1):
+    """Load the model saved by `save_model_dir` (uncompiled: for prediction), or the `TFLiteModel` of a
+    directory holding only model.tflite (its interpreter on `threads` threads).
 
     Raises:
         FileNotFoundError: `model_dir` has no model file.
     """
     import tensorflow as tf
 
-    path = Path(local_path(model_dir)) / MODEL_FILE
+    directory = Path(local_path(model_dir))
+    if model_files(str(directory))[0] == TFLITE_FILE:
+        return TFLiteModel(directory / TFLITE_FILE, threads)
+    path = directory / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in {model_dir}")
     return tf.keras.models.load_model(path, compile=False)
+
+
+class TFLiteModel:
+    """A TensorFlow Lite model that predicts batches as a Keras model does (`predict_on_batch`)."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        import tensorflow as tf
+
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch = None
+
+    def predict_on_batch(self, pixels):
+        import numpy as np
+
+        pixels = np.asarray(pixels, dtype=self.input["dtype"])
+        if self._batch != len(pixels):  # the interpreter is sized for one batch length at a time
+            self.interpreter.resize_tensor_input(self.input["index"], list(pixels.shape))
+            self.interpreter.allocate_tensors()
+            self._batch = len(pixels)
+        self.interpreter.set_tensor(self.input["index"], pixels)
+        self.interpreter.invoke()
+        values = self.interpreter.get_tensor(self.output["index"])
+        scale, zero_point = self.output.get("quantization", (0.0, 0))
+        if np.issubdtype(values.dtype, np.integer) and scale:
+            return (values.astype(np.float32) - zero_point) * scale
+        return values.astype(np.float32)
 
 
 def read_preprocessing(model_dir: str) -> dict[str, Any]:
@@ -180,7 +223,7 @@ def model_id(model_dir: str) -> str:
         ModelDirError: one of those files is missing.
     """
     digest = hashlib.sha256()
-    for name in MODEL_FILES:
+    for name in model_files(model_dir):
         path = Path(model_dir) / name
         if not path.is_file():
             raise ModelDirError(f"model directory {model_dir} has no {name}")
@@ -211,7 +254,7 @@ def ship(spark: SparkSession, model_dir: str, identifier: str, to_executors: boo
     if not archive.is_file():
         # Whole or absent, also when two jobs stage it at once.
         with staged(archive) as temporary, zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as bundle:
-            for file_name in MODEL_FILES:
+            for file_name in model_files(model_dir):
                 bundle.write(Path(model_dir) / file_name, file_name)
     spark.sparkContext.addArchive(str(archive))
     return _SPARKFILES + name

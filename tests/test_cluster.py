@@ -82,7 +82,7 @@ def test_pipeline_arguments_are_accepted_by_each_jobs_own_parser(tmp_path):
     assert parsed["train"].num_proc == 2 and parsed["train"].epochs == 1
     # Each job reads what the one before wrote.
     assert parsed["train"].data == parsed["ingest"].output
-    assert parsed["score"].model == parsed["train"].output
+    assert parsed["score"].model == [parsed["train"].output]
     assert all(Path(path).is_relative_to(tmp_path / "data") for path in parsed["score"].images)
 
 

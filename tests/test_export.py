@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
 import jobs.export as export_job
 import jobs.ingest as ingest_job
+import jobs.score as score_job
 from skinspark import schema
+from skinspark import score as score_lib
 from skinspark.export import EXPORT_FILE, TFLITE_FILE
 from skinspark.model import build_model
 from skinspark.model_dir import save_model_dir
@@ -45,7 +48,7 @@ def trained(spark, tmp_path_factory):
     ingest_manifest = json.loads((table / "_manifest.json").read_text())
     save_model_dir(model, str(model_dir), ingest_manifest, "model: paper_cnn\n")
     (model_dir / "_manifest.json").write_text(json.dumps({"data": table.absolute().as_uri()}))
-    return model_dir, url
+    return model_dir, url, source
 
 
 def _interpret(path: Path, images: np.ndarray) -> np.ndarray:
@@ -62,7 +65,7 @@ def _interpret(path: Path, images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_float_export_agrees_with_keras_and_checks_itself(trained, capsys):
-    model_dir, url = trained
+    model_dir, url, _ = trained
     assert export_job.main(["--model", str(model_dir), "--format", "tflite", "--strict"]) == 0
     out = model_dir / "tflite-none"
     assert sorted(path.name for path in out.iterdir()) == sorted(
@@ -88,7 +91,7 @@ def test_float_export_agrees_with_keras_and_checks_itself(trained, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["float16", "int8"])
 def test_quantized_exports_are_smaller_and_record_their_agreement(trained, quantize, tmp_path):
-    model_dir, _ = trained
+    model_dir, _, _ = trained
     out = tmp_path / quantize
     code = export_job.main(["--model", str(model_dir), "--quantize", quantize, "--output", str(out)])
     assert code == 0
@@ -110,7 +113,7 @@ def test_quantized_exports_are_smaller_and_record_their_agreement(trained, quant
 
 
 def test_bad_exports_are_one_line_errors(trained, tmp_path, capsys):
-    model_dir, _ = trained
+    model_dir, _, _ = trained
     assert export_job.main(["--model", str(tmp_path / "nowhere")]) == 2
     assert "export: error: cannot export" in capsys.readouterr().err
     bare = tmp_path / "bare"
@@ -121,3 +124,45 @@ def test_bad_exports_are_one_line_errors(trained, tmp_path, capsys):
     assert "does not say which table the model was trained on: pass --data TABLE" in capsys.readouterr().err
     assert export_job.main(["--model", str(model_dir), "--calibration-images", "0"]) == 2
     assert "--calibration-images must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_scoring_runs_an_exported_model_as_it_runs_keras(trained, tmp_path, capsys):
+    model_dir, _, source = trained
+    images = [str(source / folder) for folder in schema.IMAGE_FOLDERS]
+
+    def scored(model, name):
+        output = tmp_path / name
+        arguments = [
+            "--model",
+            str(model),
+            "--images",
+            *images,
+            "--output",
+            str(output),
+            "--precision",
+            "float32",
+        ]
+        assert score_job.main(arguments) == 0, capsys.readouterr().err
+        manifest = json.loads((output / "_manifest.json").read_text())
+        return pd.read_parquet(output).set_index(score_lib.PATH).sort_index(), manifest
+
+    for quantize in ("none", "int8"):
+        assert (
+            export_job.main(
+                ["--model", str(model_dir), "--quantize", quantize, "--output", str(tmp_path / quantize)]
+            )
+            == 0
+        )
+        assert not (tmp_path / quantize / "model.keras").exists()
+    keras, _ = scored(model_dir, "keras")
+    lite, manifest = scored(tmp_path / "none", "lite")
+    columns = list(schema.PROB_COLUMNS)
+    assert len(lite) == len(keras) == 150 and lite[score_lib.ERROR_REASON].isna().all()
+    np.testing.assert_allclose(lite[columns], keras[columns], atol=1e-4)
+    assert set(lite[score_lib.MODEL_ID]) == {manifest["model"]["model_id"]} != set(keras[score_lib.MODEL_ID])
+    assert set(manifest["run"]["workers"]["precision"]) == {"tflite"}
+    quantized, _ = scored(tmp_path / "int8", "int8-scored")
+    np.testing.assert_allclose(quantized[columns].sum(axis=1), 1.0, atol=0.02)
+    agreement = (quantized[score_lib.PREDICTED_DX] == keras[score_lib.PREDICTED_DX]).mean()
+    assert agreement >= 0.9

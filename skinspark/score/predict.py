@@ -89,6 +89,7 @@ class WorkerModel:
     # are averaged.
     others: tuple[tuple[str, str], ...] = ()
     ensemble_id: str | None = None  # the whole ensemble's id (`open_models`), written as `model_id`
+    runtime: str = "keras"  # or "tflite": a directory holding a TensorFlow Lite export
 
     @property
     def model_id(self) -> str:
@@ -101,8 +102,20 @@ class WorkerModel:
     ) -> WorkerModel:
         """Make the model reachable from every executor (`skinspark.model_dir.ship`) and describe it."""
         location = model_dir_module.ship(spark, model_dir, identifier)
+        runtime = (
+            "tflite"
+            if model_dir_module.model_files(model_dir)[0] == model_dir_module.TFLITE_FILE
+            else "keras"
+        )
         return cls(
-            location, identifier, task_cpus(spark), spec["height"], spec["width"], spec["decoder"], precision
+            location,
+            identifier,
+            task_cpus(spark),
+            spec["height"],
+            spec["width"],
+            spec["decoder"],
+            precision,
+            runtime=runtime,
         )
 
     @classmethod
@@ -127,7 +140,10 @@ class WorkerModel:
         return model_dir_module.unpacked(self.location)
 
     def worker_precision(self) -> str:
-        """The precision this worker predicts in: `precision` resolved on this machine's CPU."""
+        """The precision this worker predicts in: `precision` resolved on this machine's CPU ("tflite"
+        for a TensorFlow Lite model, which computes as it was exported)."""
+        if self.runtime == "tflite":
+            return "tflite"
         return precision_module.resolve(self.precision)
 
     def loader(self, precision: str) -> Callable[[], object]:

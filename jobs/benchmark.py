@@ -7,7 +7,8 @@ Generates a HAM10000-shaped dataset (or reuses `--data DIR`), then times each pa
 side by side. Sections: `ingest`, `train` (an epoch of the training job on each
 installed backend, horovod and tf_distribute, against Keras `fit` on in-memory arrays, in float32 and in
 bfloat16), `score` (the scoring job against a thread-pool process
-and Spark's `predict_batch_udf`, in both precisions, and how far their predictions agree), `learning`
+and Spark's `predict_batch_udf`, in both precisions, and how far their predictions agree), `export` (the
+TensorFlow Lite exports of the score section's model and the scoring job run with each), `learning`
 (the paper's 25 epochs split by lesion, by image, and after oversampling before the split; about an
 hour on 2 cores, so not in the default set) and `learning_precision` (the lesion split's 25 epochs in
 float32 and in bfloat16). Figures of earlier runs in the same JSON file
@@ -25,11 +26,11 @@ from pathlib import Path
 
 from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, parse_overrides
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config
-from skinspark.tools import benchmark, learning
+from skinspark.tools import benchmark, benchmark_export, learning
 from skinspark.tools.synthetic import generate
 from skinspark.versions import package_versions
 
-SECTIONS = ("ingest", "train", "score", "learning", "learning_precision")
+SECTIONS = ("ingest", "train", "score", "export", "learning", "learning_precision")
 DEFAULT_SECTIONS = "ingest,train,score"
 
 
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             elif section == "train":
                 results["train"] = benchmark.bench_train_throughput(
                     spark, data, work, configs["ingest"].job, configs["train"].job
+                )
+            elif section == "export":
+                results["export"] = benchmark_export.bench_export(
+                    spark, data, work, configs["ingest"].job, configs["train"].job, configs["score"].job
                 )
             elif section == "score":
                 results["score"] = benchmark.bench_score(

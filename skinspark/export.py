@@ -70,6 +70,15 @@ def export_tflite(
         model = model_dir_module.load_model(str(source))
     except (model_dir_module.ModelDirError, FileNotFoundError, OSError) as error:
         raise ExportError(f"cannot export {model_dir}: {error}") from None
+    except Exception as error:  # a model.keras this Keras cannot read (e.g. saved by another stack's)
+        first_line = str(error).splitlines()[0][:300] if str(error) else ""
+        raise ExportError(
+            f"cannot load {model_dir}/model.keras: {type(error).__name__}: {first_line}"
+        ) from None
+    if isinstance(model, model_dir_module.TFLiteModel):
+        raise ExportError(
+            f"{model_dir} holds a TensorFlow Lite model already; export its Keras model directory"
+        )
     table = petastorm_url(data or _trained_on(source))
     height, width = int(spec["height"]), int(spec["width"])
     validation = read_split(f"{table}/split=val", height, width)

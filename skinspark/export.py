@@ -86,17 +86,10 @@ def export_tflite(
     if len(test["label"]) == 0:
         raise ExportError(f"{table} has no test images to check the export on")
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if quantize == "int8":
-        calibration = validation["image"][:calibration_images]
-        if len(calibration) == 0:
-            raise ExportError(f"{table} has no validation images to calibrate int8 on")
-        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    flat = converter.convert()
+    calibration = validation["image"][:calibration_images]
+    if quantize == "int8" and len(calibration) == 0:
+        raise ExportError(f"{table} has no validation images to calibrate int8 on")
+    flat = convert(model, quantize, calibration)
 
     target = Path(output_dir) if output_dir else source / f"tflite-{quantize}"
     target.mkdir(parents=True, exist_ok=True)
@@ -124,40 +117,41 @@ def export_tflite(
     return report
 
 
+def convert(model, quantize: str, calibration: np.ndarray) -> bytes:
+    """The TFLite flatbuffer of a Keras model in one of QUANTIZATIONS (int8 calibrated on `calibration`)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    return converter.convert()
+
+
 def check_tflite(flat: bytes, model, images: np.ndarray) -> dict:
     """Run the TFLite model one image at a time on one thread and compare it with `model` (Keras).
 
     Returns test_images, argmax_agreement, max_probability_difference and milliseconds_per_image (the
-    median of the per-image invoke times).
+    median of the per-image times of a one-image call, input and output copies included).
     """
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_content=flat, num_threads=1)
-    interpreter.allocate_tensors()
-    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    lite = model_dir_module.TFLiteModel(content=flat, threads=1)
     outputs, seconds = [], []
     for image in images:
-        interpreter.set_tensor(source["index"], image[None].astype(source["dtype"]))
         started = time.perf_counter()
-        interpreter.invoke()
+        outputs.append(lite.predict_on_batch(image[None])[0])
         seconds.append(time.perf_counter() - started)
-        outputs.append(_dequantized(interpreter.get_tensor(sink["index"])[0], sink))
-    lite = np.asarray(outputs, dtype=np.float64)
+    predicted = np.asarray(outputs, dtype=np.float64)
     keras = model.predict(images, batch_size=256, verbose=0).astype(np.float64)
     return {
         "test_images": int(len(images)),
-        "argmax_agreement": round(float((lite.argmax(1) == keras.argmax(1)).mean()), 4),
-        "max_probability_difference": round(float(np.abs(lite - keras).max()), 6),
+        "argmax_agreement": round(float((predicted.argmax(1) == keras.argmax(1)).mean()), 4),
+        "max_probability_difference": round(float(np.abs(predicted - keras).max()), 6),
         "milliseconds_per_image": round(1000 * statistics.median(seconds), 3),
-        "input_dtype": np.dtype(source["dtype"]).name,
+        "input_dtype": np.dtype(lite.input["dtype"]).name,
     }
-
-
-def _dequantized(values: np.ndarray, details: dict) -> np.ndarray:
-    scale, zero_point = details.get("quantization", (0.0, 0))
-    if np.issubdtype(values.dtype, np.integer) and scale:
-        return (values.astype(np.float64) - zero_point) * scale
-    return values.astype(np.float64)
 
 
 def _trained_on(model_dir: Path) -> str:

@@ -137,10 +137,11 @@ def load_model(model_dir: str, threads: int = 1):
 class TFLiteModel:
     """A TensorFlow Lite model that predicts batches as a Keras model does (`predict_on_batch`)."""
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path | None = None, threads: int = 1, content: bytes | None = None):
         import tensorflow as tf
 
-        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
+        source = {"model_content": content} if content is not None else {"model_path": str(path)}
+        self.interpreter = tf.lite.Interpreter(num_threads=max(1, int(threads)), **source)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch = None

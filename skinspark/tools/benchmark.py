@@ -159,6 +159,32 @@ def _warm_up_subset(data_dir: Path, work_dir: Path, files: list[Path], count: in
 # Training
 
 
+def cached_files(data_dir: Path) -> list[Path]:
+    """The dataset's image files, each read once so that every timed path reads from the page cache."""
+    files = dataset_files(data_dir)
+    for path in files:
+        path.read_bytes()
+    return files
+
+
+def trained_model(
+    spark: SparkSession,
+    data_dir: Path,
+    work_dir: Path,
+    ingest_config: IngestConfig,
+    train_config: TrainConfig,
+    name: str,
+    epochs: int,
+) -> Path:
+    """`work_dir/name`: the training job's model of `epochs` epochs, trained once and then reused."""
+    model_dir = work_dir / name
+    if not (model_dir / "model.keras").is_file():
+        table = _ensure_table(spark, data_dir, work_dir, ingest_config)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        train(spark, str(table), str(model_dir), dataclasses.replace(train_config, epochs=epochs), "")
+    return model_dir
+
+
 def _ensure_table(spark: SparkSession, data_dir: Path, work_dir: Path, config: IngestConfig) -> Path:
     """The ingested table of `data_dir` under `work_dir` at the config's image size, ingested once and
     reused by later sections."""
@@ -404,14 +430,8 @@ def bench_score(
     """
     from skinspark.score import score
 
-    files = dataset_files(data_dir)
-    for path in files:  # every path reads from the page cache
-        path.read_bytes()
-    model_dir = work_dir / "score-model"
-    if not (model_dir / "model.keras").is_file():
-        table = _ensure_table(spark, data_dir, work_dir, ingest_config)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        train(spark, str(table), str(model_dir), dataclasses.replace(train_config, epochs=1), "")
+    files = cached_files(data_dir)
+    model_dir = trained_model(spark, data_dir, work_dir, ingest_config, train_config, "score-model", 1)
     warm_seconds, _ = _timed(
         lambda: score(
             spark, str(model_dir), str(work_dir / "score-warm-up"), config, [str(p) for p in files[:200]]

@@ -12,8 +12,7 @@ from pyspark.sql import SparkSession
 from skinspark import precision, schema
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.export import QUANTIZATIONS, export_tflite
-from skinspark.tools.benchmark import _ensure_table, _rounds, dataset_files
-from skinspark.train import train
+from skinspark.tools.benchmark import _rounds, cached_files, trained_model
 
 EXPORT_EPOCHS = 8
 
@@ -32,14 +31,10 @@ def bench_export(
     predicts near-ties, whose argmax any rounding flips: the agreement figures need one that learned."""
     from skinspark.score import score
 
-    files = dataset_files(data_dir)
-    for path in files:  # every path reads from the page cache
-        path.read_bytes()
-    model_dir = work_dir / "export-model"
-    if not (model_dir / "model.keras").is_file():
-        table = _ensure_table(spark, data_dir, work_dir, ingest_config)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        train(spark, str(table), str(model_dir), dataclasses.replace(train_config, epochs=EXPORT_EPOCHS), "")
+    files = cached_files(data_dir)
+    model_dir = trained_model(
+        spark, data_dir, work_dir, ingest_config, train_config, "export-model", EXPORT_EPOCHS
+    )
     figures: dict = {"images": len(files), "master": spark.sparkContext.master, "exports": {}}
     models = {f"keras_{kind}": (model_dir, kind) for kind in (precision.FLOAT32, precision.BFLOAT16)}
     for quantize in QUANTIZATIONS:

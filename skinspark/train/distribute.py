@@ -102,13 +102,13 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
     import tensorflow as tf
 
     from skinspark import precision, schema
-    from skinspark.train.data import EVAL_BATCH_SIZE, arrow_dataset, read_split
+    from skinspark.train.data import arrow_dataset, read_split
     from skinspark.train.worker import (
         EpochLog,
         compile_model,
+        fit_arguments,
         fit_callbacks,
         restore_into,
-        targets,
         training_phases,
     )
 
@@ -164,13 +164,8 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
                     )
             model.fit(
                 dataset,
-                steps_per_epoch=plan.steps_per_epoch,
-                epochs=phase.end,
-                initial_epoch=max(plan.initial_epoch, phase.start),
-                validation_data=(validation["image"], targets(validation["label"], plan.label_smoothing)),
-                validation_batch_size=EVAL_BATCH_SIZE,
                 callbacks=fit_callbacks(plan, scaled_lr * phase.rate_factor, size, log),
-                verbose=2 if rank == 0 else 0,
+                **fit_arguments(plan, phase, validation, rank),
             )
     result = {
         "rank": rank,

@@ -147,6 +147,19 @@ def training_phases(plan: RankPlan) -> list[Phase]:
     return [phase for phase in phases if phase.end > max(phase.start, plan.initial_epoch)]
 
 
+def fit_arguments(plan: RankPlan, phase: Phase, validation: dict, rank: int) -> dict:
+    """Keras fit's arguments for one phase that every backend passes alike."""
+    return {
+        # The dataset never ends; a fixed step count gives every rank the same number of collectives.
+        "steps_per_epoch": plan.steps_per_epoch,
+        "epochs": phase.end,
+        "initial_epoch": max(plan.initial_epoch, phase.start),
+        "validation_data": (validation["image"], targets(validation["label"], plan.label_smoothing)),
+        "validation_batch_size": EVAL_BATCH_SIZE,
+        "verbose": 2 if rank == 0 else 0,
+    }
+
+
 def restore_into(plan: RankPlan, phase: Phase, model, optimizer) -> bool:
     """Restore `plan.resume_dir` when `phase` is where the resumed run continues; the optimizer's state
     too, unless the checkpoint closed the phase before (its optimizer had other variables). True if
@@ -299,15 +312,9 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
                 model, log.optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phase, model)
             model.fit(
                 dataset,
-                # The dataset never ends; a fixed step count gives every rank the same number of allreduces.
-                steps_per_epoch=plan.steps_per_epoch,
-                epochs=phase.end,
-                initial_epoch=max(plan.initial_epoch, phase.start),
-                validation_data=(validation["image"], targets(validation["label"], plan.label_smoothing)),
-                validation_batch_size=EVAL_BATCH_SIZE,
                 class_weight=plan.class_weight,
                 callbacks=_callbacks(hvd, plan, scaled_lr, log),
-                verbose=2 if rank == 0 else 0,
+                **fit_arguments(plan, phase, validation, rank),
             )
     result = {"rank": rank, "size": size, "batches": log.batches, "sharding": sharding, "precision": chosen}
     if rank == 0:

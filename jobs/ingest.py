@@ -34,6 +34,13 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="split seed (default 42)")
     parser.add_argument("--split", help="train,val,test fractions (default 0.8,0.1,0.1)")
     parser.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="add a fold column 0..K-1 over the train and val rows, by lesion and stratified by class, "
+        "for train --fold and --cross-validate (default 0: none)",
+    )
+    parser.add_argument(
         "--max-bad-fraction", type=float, help="fail above this share of bad input (default 0.05)"
     )
     parser.add_argument(
@@ -50,7 +57,8 @@ def args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = flag_values(args, ("height", "width", "seed", "split", "max_bad_fraction", "decoder", "reader"))
+    names = ("height", "width", "seed", "split", "folds", "max_bad_fraction", "decoder", "reader")
+    flags = flag_values(args, names)
     flags["metadata_encoding"] = args.metadata_encoding
 
     def work(spark, loaded) -> int:

@@ -30,6 +30,9 @@ class IngestConfig:
     seed: int = 42  # fixes the lesion split
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test, as in the paper
     split_by: str = "lesion"  # "lesion" (no lesion on two sides) or "image" (leaks; for comparison only)
+    # k-fold cross-validation: 0 (off), or K >= 2 folds over the train and val rows (test stays held
+    # out), whole lesions per fold, stratified by class, fixed by `seed`
+    folds: int = 0
     max_bad_fraction: float = 0.05  # more bad input than this fails the job (after writing quarantine)
     decoder: str = "simplejpeg"  # "simplejpeg" or "pillow"; both use JPEG DCT scaling
     # "python": the Python worker opens each file (local, mounted, hdfs:, s3:/s3a:, gs:); "spark":

@@ -65,6 +65,9 @@ WIDTH = "width"
 SOURCE_PATH = "source_path"
 SPLIT = "split"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Cross-validation fold of a train or val row (0..K-1; null for test rows), only in a table ingested with
+# --folds K. An integer column, unlike the other plan columns carried into the table as strings.
+FOLD = "fold"
 
 # The ingested table (partition column `split` lives in the directory names).
 INGESTED_SCHEMA = T.StructType(

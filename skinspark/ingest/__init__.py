@@ -10,8 +10,9 @@ writes (the driver sees about 200 bytes per file and no image bytes):
    the size cap and zero-byte files get their reason here and are never read.
 3. `settle_repeated_ids`: only files whose image id occurs more than once are read first, hashed and
    test-decoded, to tell an identical copy from a conflicting file.
-4. `resolve_fates` + `split_plan`: every file and every CSV row gets exactly one fate, ingested or a
-   quarantine reason; whole lesions are assigned to splits per class.
+4. `resolve_fates` + `split_plan` (+ `fold_plan` with `folds`): every file and every CSV row gets
+   exactly one fate, ingested or a quarantine reason; whole lesions are assigned to splits per class
+   (and the train and val lesions to cross-validation folds).
 5. `write_table`: one Spark job reads each planned file in the Python worker (`reader: python`) or
    takes Spark's `content` column (`reader: spark`), decodes it with
    `skinspark.preprocess.decode_image` and writes the table partitioned by split into a staging
@@ -31,6 +32,7 @@ from skinspark.config import IngestConfig
 from skinspark.ingest.fates import (
     SPLIT_UNITS,
     apply_failures,
+    fold_plan,
     ingested_pairs,
     list_files,
     quarantine_table,
@@ -50,11 +52,12 @@ from skinspark.ingest.report import (
     IngestResult,
     bad_fraction,
     count,
+    fold_counts,
     judge,
     manifest_for,
     summary,
 )
-from skinspark.ingest.split import check_fractions
+from skinspark.ingest.split import check_folds, check_fractions
 from skinspark.ingest.table import write_table
 from skinspark.manifest import publish, staging_path, write_record
 
@@ -65,6 +68,7 @@ __all__ = [
     "IngestResult",
     "apply_failures",
     "check_encoding",
+    "fold_plan",
     "ingest",
     "list_files",
     "quarantine_table",
@@ -101,7 +105,7 @@ def ingest(
         image_paths: directories (searched recursively) or globs, any Hadoop URI or local path.
         metadata_path: the HAM10000 metadata CSV.
         output: the output directory; replaced when it exists, and only once the new one is complete.
-        config: sizes, seed, split fractions, thresholds, reader and partitioning.
+        config: sizes, seed, split fractions, folds, thresholds, reader and partitioning.
         config_text: the resolved config as YAML, written beside the output as `_config.yaml`.
 
     Returns:
@@ -111,10 +115,11 @@ def ingest(
 
     Raises:
         IngestError: missing/empty/malformed CSV, unknown encoding, a missing image path, no images
-            found, or a bad setting.
+            found, a bad setting, or too few lesions for the folds.
     """
     started = time.perf_counter()
     fractions = check_fractions(config.split)
+    check_folds(config.folds)
     if config.split_by not in SPLIT_UNITS:
         raise IngestError(f"split_by must be one of {sorted(SPLIT_UNITS)}, got {config.split_by!r}")
     output = storage.qualify(spark, output)
@@ -134,13 +139,21 @@ def ingest(
     files = settle_repeated_ids(spark, frame, files, config, reader)
     files, rows = resolve_fates(files, rows)
     plan = split_plan(ingested_pairs(files, rows), fractions, config.seed, config.split_by)
+    try:
+        plan, fold_warnings = fold_plan(plan, config.folds, config.seed, config.split_by)
+    except ValueError as error:  # too few lesions (or images) for the folds
+        raise IngestError(str(error)) from None
 
     staging = staging_path(output)
     try:
         failures = write_table(spark, frame, plan, config, reader, staging) if len(plan) else {}
         files, rows, plan = apply_failures(files, rows, plan, failures)
         counts = count(files, rows, plan, rows_read=len(raw_rows))
+        if config.folds:
+            counts["folds"] = fold_counts(plan, config.folds)
         manifest = manifest_for(config, reader, image_paths, metadata_path, counts)
+        if fold_warnings:
+            manifest["fold_warnings"] = fold_warnings
         bad = bad_fraction(counts)
         manifest["bad_fraction"] = round(bad, 6)
         quarantine = quarantine_table(files, rows)

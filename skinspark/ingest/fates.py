@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 from skinspark import images, schema
 from skinspark.config import IngestConfig
 from skinspark.ingest.metadata import CORRUPT_COLUMN, ROW_NUMBER
-from skinspark.ingest.split import assign_splits
+from skinspark.ingest.split import assign_folds, assign_splits, missing_classes
 from skinspark.preprocess import ImageError, decode_many
 from skinspark.session import query_settings
 
@@ -260,6 +260,22 @@ def split_plan(
     return pairs.merge(
         assigned.rename(columns={schema.LESION_ID: unit}), on=unit, how="left", validate="many_to_one"
     )
+
+
+def fold_plan(
+    plan: pd.DataFrame, folds: int, seed: int, split_by: str = "lesion"
+) -> tuple[pd.DataFrame, list[str]]:
+    """Add a `fold` column to the split plan: K folds of the train and val rows by the split's unit
+    (whole lesions, or images for the leaky split by image), stratified by class; test rows get none.
+
+    Returns:
+        (the plan with `fold`, one warning line per class that some folds lack); with `folds` 0 the
+        plan unchanged and no warnings.
+    """
+    if folds == 0:
+        return plan, []
+    plan = plan.assign(**{schema.FOLD: assign_folds(plan, folds, seed, SPLIT_UNITS[split_by])})
+    return plan, missing_classes(plan, folds)
 
 
 def apply_failures(

@@ -62,6 +62,23 @@ def count(files: pd.DataFrame, rows: pd.DataFrame, plan: pd.DataFrame, rows_read
     return counts
 
 
+def fold_counts(plan: pd.DataFrame, folds: int) -> dict:
+    """Images, lesions and images per class of each cross-validation fold of the final plan, keyed by
+    the fold's number as text (JSON keys): {"0": {"images", "lesions", "by_class"}, ...}."""
+    pool = plan[plan[schema.FOLD].notna()]
+    by_class = pool.groupby([schema.FOLD, schema.DX]).size()
+    lesions = pool.groupby(schema.FOLD)[schema.LESION_ID].nunique()
+    counts = {}
+    for fold in range(folds):
+        classes = {label: int(by_class.get((fold, label), 0)) for label in schema.LABELS}
+        counts[str(fold)] = {
+            "images": sum(classes.values()),
+            "lesions": int(lesions.get(fold, 0)),
+            "by_class": classes,
+        }
+    return counts
+
+
 def bad_fraction(counts: dict) -> float:
     def bad(section):
         return sum(n for reason, n in section["by_reason"].items() if reason not in schema.BENIGN_REASONS)
@@ -85,6 +102,7 @@ def manifest_for(config: IngestConfig, reader: str, image_paths, metadata_path: 
         },
         "config": dataclasses.asdict(config),
         "versions": package_versions(),
+        **({"folds": config.folds} if config.folds else {}),
     }
 
 
@@ -119,8 +137,21 @@ def summary(manifest: dict) -> str:
         entry = counts["splits"][split]
         by_class = " ".join(f"{entry['by_class'][label]:>6}" for label in schema.LABELS)
         lines.append(f"  {split:<6} {entry['images']:>7} {entry['lesions']:>7}  {by_class}")
+    if manifest.get("folds"):
+        lines.append(fold_line(manifest))
+    for warning in manifest.get("fold_warnings", []):
+        lines.append(f"  warning: {warning}")
     for key, value in manifest["quarantine"].items():
         lines.append(f"  quarantine {key}: {value}")
     if manifest.get("error"):
         lines.append(f"  ERROR: {manifest['error']}")
     return "\n".join(lines)
+
+
+def fold_line(manifest: dict) -> str:
+    """The fold sizes on one line: `  folds (K of train+val): 0: N images (L lesions), 1: ...`."""
+    folds = manifest["counts"]["folds"]
+    sizes = ", ".join(
+        f"{fold}: {entry['images']} images ({entry['lesions']} lesions)" for fold, entry in folds.items()
+    )
+    return f"  folds ({manifest['folds']} of train+val): {sizes}"

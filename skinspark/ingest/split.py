@@ -1,16 +1,20 @@
-"""Train/val/test assignment by lesion, stratified by diagnosis, deterministic for a seed.
+"""Train/val/test assignment by lesion, stratified by diagnosis, deterministic for a seed; and the
+cross-validation folds of the train and val rows, made the same way.
 
 HAM10000 holds several photos of many lesions; putting photos of one lesion on both sides of a split
 lets a model recognise the lesion rather than the disease and inflates accuracy. Whole lesions are
-therefore assigned to one split, class by class, so each class keeps the requested fractions.
+therefore assigned to one split, class by class, so each class keeps the requested fractions. Folds
+keep whole lesions too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
 
 from skinspark import schema
 
@@ -71,3 +75,85 @@ def _assign_class(group: pd.DataFrame, fractions: tuple[float, float, float], se
         choice = max(range(len(fractions)), key=lambda index: (targets[index] - filled[index], -index))
         filled[choice] += float(images)
         yield lesion_id, schema.SPLITS[choice]
+
+
+TEST = "test"  # the held-out split: never in a fold
+
+
+def check_folds(folds: int) -> int:
+    """Validate a fold count; raises ValueError unless it is 0 (no folds) or at least 2."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
+        raise ValueError(f"folds must be 0 (no folds) or at least 2, got {folds!r}")
+    return folds
+
+
+def assign_folds(rows: pd.DataFrame, folds: int, seed: int, group: str = schema.LESION_ID) -> pd.Series:
+    """Assign each train and val row to one of `folds` cross-validation folds; test rows get none.
+
+    scikit-learn's `StratifiedGroupKFold` (shuffled, seeded) over the non-test rows in image_id order,
+    with the diagnosis as the class and `group` as the group: no lesion is in two folds and each fold
+    keeps about the class mix of the whole. The order makes the folds depend only on the rows and the
+    seed, not on how the rows arrived.
+
+    Args:
+        rows: one row per image with `image_id`, `dx`, `split` and the `group` column.
+        folds: the number of folds, at least 2.
+        seed: the folds' seed; the same rows and seed always give the same folds.
+        group: the column whose rows stay in one fold: `lesion_id` (or `image_id` for the leaky
+            split by image, which exists only to measure that leak).
+
+    Returns:
+        A nullable Int32 Series aligned with `rows`: the fold 0..folds-1 of each train or val row,
+        <NA> for each test row.
+
+    Raises:
+        ValueError: a bad fold count, missing columns, fewer groups than folds, or a fold left empty.
+    """
+    if check_folds(folds) == 0:
+        raise ValueError("assign_folds needs at least 2 folds")
+    missing = {schema.IMAGE_ID, schema.DX, schema.SPLIT, group} - set(rows.columns)
+    if missing:
+        raise ValueError(f"rows lack columns {sorted(missing)}")
+    pool = rows[rows[schema.SPLIT] != TEST].sort_values(schema.IMAGE_ID, kind="stable")
+    groups = pool[group].nunique()
+    if groups < folds:
+        raise ValueError(
+            f"cannot make {folds} folds of {groups} {group} value(s) outside the test split: "
+            "use fewer --folds or more images"
+        )
+    assigned = pd.Series(pd.NA, index=rows.index, dtype="Int32", name=schema.FOLD)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # A class with fewer images than folds cannot reach every fold; `missing_classes` names where
+        # it is absent, which the manifest records, so scikit-learn's general warning adds nothing.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        try:
+            parts = list(splitter.split(pool, pool[schema.DX], groups=pool[group]))
+        except ValueError as error:
+            raise ValueError(f"cannot make {folds} folds: {error}") from None
+    for fold, (_, members) in enumerate(parts):
+        assigned.loc[pool.index[members]] = fold
+    sizes = assigned.value_counts()
+    empty = [fold for fold in range(folds) if sizes.get(fold, 0) == 0]
+    if empty:
+        raise ValueError(f"fold(s) {empty} of {folds} would hold no image: use fewer --folds or more images")
+    return assigned
+
+
+def missing_classes(rows: pd.DataFrame, folds: int) -> list[str]:
+    """One line per class that some folds lack (a class with fewer lesions than folds, common on small
+    data): which folds hold none of it. `rows` has `dx` and `fold` (null for test rows)."""
+    pool = rows[rows[schema.FOLD].notna()]
+    present = pool.groupby(schema.DX)[schema.FOLD].agg(lambda values: set(int(value) for value in values))
+    lines = []
+    for label in schema.LABELS:
+        if label not in present.index:
+            continue
+        lacking = [fold for fold in range(folds) if fold not in present[label]]
+        if lacking:
+            lesions = pool.loc[pool[schema.DX] == label, schema.LESION_ID].nunique()
+            lines.append(
+                f"class {label} is in no image of fold(s) {', '.join(map(str, lacking))}: "
+                f"{lesions} lesion(s) outside the test split for {folds} folds"
+            )
+    return lines

@@ -130,13 +130,15 @@ class _ListParam(AccumulatorParam):
 
 
 def _table_schema(plan: pd.DataFrame) -> T.StructType:
-    extra = [
-        name for name in plan.columns if name not in {*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT}
-    ]
+    known = {*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT, schema.FOLD}
+    extra = [name for name in plan.columns if name not in known]
+    # The fold is a number that training compares (extra CSV columns are carried through as text).
+    fold = [T.StructField(schema.FOLD, T.IntegerType(), True)] if schema.FOLD in plan.columns else []
     return T.StructType(
         [
             *schema.INGESTED_SCHEMA,
             *[T.StructField(name, T.StringType(), True) for name in extra],
+            *fold,
             T.StructField(schema.SPLIT, T.StringType(), False),
         ]
     )
@@ -149,4 +151,7 @@ def _plan_rows(plan: pd.DataFrame, table_schema: T.StructType) -> pd.DataFrame:
     rows = plan[names].astype(object).where(plan[names].notna(), None)
     rows[schema.LABEL] = plan[schema.LABEL].astype("int32")
     rows[schema.AGE] = plan[schema.AGE].astype("float32")
+    if schema.FOLD in rows:  # Python ints and None: Arrow casts them to int32 with nulls
+        folds = [None if pd.isna(fold) else int(fold) for fold in plan[schema.FOLD]]
+        rows[schema.FOLD] = pd.Series(folds, index=rows.index, dtype=object)
     return rows.set_index(schema.SOURCE_PATH, drop=False).rename_axis(images.PATH)

@@ -2,6 +2,7 @@
 
     spark-submit jobs/train.py --data out/ham10000 --output out/model --epochs 25 --batch-size 32
     spark-submit jobs/train.py --data out/ham10000 --output out/model --backend tf_distribute
+    spark-submit jobs/train.py --data out/ham10000-folds --output out/cv --cross-validate
 
 Also `python jobs/train.py ...` and the console script `skinspark-train ...`. Ranks default to the
 application's task slots (default parallelism / spark.task.cpus). Exit codes: 0 done, 1 training
@@ -16,6 +17,8 @@ import sys
 from skinspark.cli import add_common_arguments, flag_values, run_job
 from skinspark.config import TrainConfig
 from skinspark.train import TrainError, TrainInputError, summary, train
+from skinspark.train.cross_validation import cross_validate
+from skinspark.train.cross_validation import summary as cross_validation_summary
 
 
 def args_parser() -> argparse.ArgumentParser:
@@ -80,6 +83,19 @@ def args_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "bfloat16"],
         help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the rank's CPU has the units",
     )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="a table ingested with --folds: validate on fold K, train on the other folds (test stays test)",
+    )
+    parser.add_argument(
+        "--cross-validate",
+        action="store_true",
+        default=None,
+        help="a table ingested with --folds: train every fold into MODEL_DIR/fold-k and write each "
+        "metric's mean and standard deviation (cross_validation.json, .csv)",
+    )
     return add_common_arguments(parser)
 
 
@@ -98,10 +114,24 @@ def main(argv: list[str] | None = None) -> int:
         "augment",
         "seed",
         "precision",
+        "fold",
+        "cross_validate",
     )
     flags = flag_values(args, names)
 
     def work(spark, loaded) -> int:
+        if loaded.job.cross_validate:
+            folds = cross_validate(
+                spark,
+                args.data,
+                args.output,
+                loaded.job,
+                loaded.to_yaml(),
+                args.resume,
+                on_fold=lambda result: print(summary(result), flush=True),
+            )
+            print(cross_validation_summary(folds))
+            return 0
         result = train(spark, args.data, args.output, loaded.job, loaded.to_yaml(), resume=args.resume)
         print(summary(result))
         return 0

@@ -89,6 +89,11 @@ class TrainConfig:
     # Horovod's coordination cycle (HOROVOD_CYCLE_TIME, 1 ms by default): each cycle is a round trip
     # between ranks, which costs CPU that a rank's own core would otherwise spend training.
     horovod_cycle_time_ms: float = 10.0
+    # k-fold cross-validation on a table ingested with --folds K: `fold` k (0..K-1) validates on fold k
+    # and trains on the others (-1: off, the table's own train/val split); `cross_validate` trains every
+    # fold into MODEL_DIR/fold-k and reports each metric's mean and standard deviation over the folds
+    fold: int = -1
+    cross_validate: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

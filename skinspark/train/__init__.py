@@ -20,6 +20,8 @@ recipe, epoch log, checkpoints and watchdog, and write the same model directory.
     checkpoints.py  epoch checkpoints and --resume
     failures.py     rank error reports, the driver's diagnosis, the Horovod launch
     artifacts.py    the files of a finished model directory and the summary
+    folds.py        one cross-validation fold's table (`fold`), written beside the model
+    cross_validation.py  every fold in turn (`cross_validate`), their metrics' mean and std
 
 Model directory layout and write order:
 
@@ -65,6 +67,7 @@ from skinspark.train.failures import (
     rank_environment,
     run_ranks,
 )
+from skinspark.train.folds import fold_fields, fold_table, remove_fold_table
 from skinspark.train.recipe import (
     CLASS_WEIGHT_MODES,
     class_weights,
@@ -107,6 +110,11 @@ def train(
 ) -> TrainResult:
     """Train on `data_dir/split=train`, validate on `split=val`, evaluate on `split=test`.
 
+    With `config.fold` k >= 0 (a table ingested with `--folds K`), train on the train and val rows of
+    the other folds and validate on fold k instead: their table is written to `model_dir/_fold_data`
+    first (`folds.fold_table`; reused by `--resume`, removed once the run is complete), the manifest
+    records `fold` and `folds`, and metrics.json adds the validation fold's metrics as `validation`.
+
     Args:
         spark: the active session; Horovod's ranks run as its tasks.
         data_dir: the ingested table (any Hadoop/Petastorm URI) with its `_manifest.json`.
@@ -121,12 +129,15 @@ def train(
 
     Raises:
         ValueError: an invalid config value.
-        TrainInputError: unusable input, or a checkpoint in `model_dir` without `resume`.
+        TrainInputError: unusable input (a fold of a table without folds, or a fold it does not have),
+            or a checkpoint in `model_dir` without `resume`.
         TrainError: a rank failed or stalled, or the ranks did not start within the start timeout.
     """
     started = time.perf_counter()
     validate_config(config)
     directory = Path(local_path(model_dir))
+    if config.fold >= 0:  # train on the other folds, validate on this one: the fold's own table
+        data_dir = fold_table(spark, data_dir, directory, config.fold)
     data_url = petastorm_url(storage.qualify(spark, data_dir))
     ingest_manifest = read_ingest_manifest(spark, data_url)
     run = _plan_run(spark, config, ingest_manifest, data_dir)
@@ -161,7 +172,10 @@ def train(
         restore_checkpoint(latest[1], model)
     history = pd.DataFrame(history_rows, columns=list(HISTORY_COLUMNS))
     run.update(ranks=ranks, training_seconds=train_seconds, initial_epoch=initial_epoch)
-    return _finish(model, config, data_url, directory, ingest_manifest, history, run, config_yaml, started)
+    result = _finish(model, config, data_url, directory, ingest_manifest, history, run, config_yaml, started)
+    if config.fold >= 0:
+        remove_fold_table(spark, directory)
+    return result
 
 
 def _run(spark: SparkSession, backend: str, plan: RankPlan, num_proc: int, config, error_dir: Path):
@@ -247,6 +261,14 @@ def _finish(
     probabilities = evaluator.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     test_metrics = classification_metrics(test["label"], probabilities, melanoma_threshold=threshold)
     test_metrics["baselines"] = baselines(test["label"])
+    fold = fold_fields(ingest_manifest)
+    if fold:  # a cross-validation fold: its validation fold's metrics too, which the folds' mean uses
+        validation_metrics = classification_metrics(
+            validation["label"], validation_probabilities, melanoma_threshold=threshold
+        )
+        validation_metrics["baselines"] = baselines(validation["label"])
+        test_metrics["validation"] = validation_metrics
+        fold["validation"] = {key: validation_metrics[key] for key in TEST_SUMMARY_KEYS}
     trained = history[history["epoch"] > run["initial_epoch"]]
     weights = run["class_weight"] or {}
     manifest = {
@@ -281,6 +303,7 @@ def _finish(
         "training_seconds": round(run["training_seconds"], 3),
         "images_per_second": round(float(trained["images_per_second"].mean()), 1) if len(trained) else None,
         "test": {key: test_metrics[key] for key in TEST_SUMMARY_KEYS},
+        **fold,
         "config": dataclasses.asdict(config),
         "versions": package_versions(),
         "seconds": round(time.perf_counter() - started, 3),

@@ -107,6 +107,14 @@ def summary(result: TrainResult) -> str:
             f"accuracy {last['accuracy']:.4f}, "
             f"val_loss {last['val_loss']:.4f}, val_accuracy {last['val_accuracy']:.4f}"
         )
+    if manifest.get("fold") is not None:
+        validation = manifest["validation"]
+        lines.append(
+            f"  fold {manifest['fold']} of {manifest['folds']}: validated on fold {manifest['fold']} "
+            f"({validation['images']} images: accuracy {validation['accuracy']:.4f}, balanced accuracy "
+            f"{validation['balanced_accuracy']:.4f}, macro F1 {validation['macro_f1']:.4f}), "
+            "trained on the others"
+        )
     lines.append("test split: " + metrics_module.summary(result.metrics))
     lines.append("  " + metrics_module.against_baselines(result.metrics))
     lines.append("  " + precision_line(manifest))

@@ -63,6 +63,11 @@ def validate_config(config: TrainConfig) -> None:
             f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}",
         ),
         (config.num_proc >= 0, f"num_proc must be >= 0 (0: all task slots), got {config.num_proc}"),
+        (config.fold >= -1, f"fold must be a fold number >= 0, or -1 (off), got {config.fold}"),
+        (
+            config.fold == -1 or not config.cross_validate,
+            f"fold {config.fold} and cross_validate exclude each other: cross_validate trains every fold",
+        ),
         (config.shuffle_buffer >= 1, f"shuffle_buffer must be at least 1, got {config.shuffle_buffer}"),
         (config.stall_timeout_s >= 1, f"stall_timeout_s must be at least 1, got {config.stall_timeout_s}"),
         (config.workers_per_rank >= 1, f"workers_per_rank must be at least 1, got {config.workers_per_rank}"),

@@ -94,3 +94,22 @@ def test_split_plan_by_lesion_never_divides_a_lesion_and_by_image_does():
     assert by_image[schema.SPLIT].value_counts()["train"] == 480
     with pytest.raises(ValueError, match="split_by"):
         split_plan(pairs, (0.8, 0.1, 0.1), seed=1, split_by="patient")
+
+
+def test_fold_plan_keeps_lesions_whole_and_leaves_test_and_plain_plans_alone():
+    from skinspark.ingest import fold_plan, split_plan
+
+    plan = split_plan(_pairs(lesions=200, images_per_lesion=3), (0.8, 0.1, 0.1), seed=1)
+    unchanged, warnings = fold_plan(plan, 0, seed=1)
+    assert unchanged is plan and warnings == [] and schema.FOLD not in plan  # no folds: no fold column
+    folded, warnings = fold_plan(plan, 3, seed=1)
+    assert warnings == [] and folded.drop(columns=schema.FOLD).equals(plan)
+    assert folded.loc[folded[schema.SPLIT] == "test", schema.FOLD].isna().all()
+    train_val = folded[folded[schema.SPLIT] != "test"]
+    assert set(train_val[schema.FOLD]) == {0, 1, 2}
+    assert (train_val.groupby(schema.LESION_ID)[schema.FOLD].nunique() == 1).all()
+    by_image, _ = fold_plan(
+        split_plan(plan.drop(columns=schema.SPLIT), (0.8, 0.1, 0.1), 1, "image"), 3, 1, "image"
+    )
+    train_val = by_image[by_image[schema.SPLIT] != "test"]
+    assert (train_val.groupby(schema.LESION_ID)[schema.FOLD].nunique() > 1).any()  # the leaky variant

@@ -94,7 +94,11 @@ def manifest_for(config: IngestConfig, reader: str, image_paths, metadata_path: 
         "reader": reader,
         "inputs": {"images": list(image_paths), "metadata": metadata_path},
         "image_shape": [config.height, config.width, 3],
-        "columns": [*schema.INGESTED_SCHEMA.fieldNames(), schema.SPLIT],
+        "columns": [
+            *schema.INGESTED_SCHEMA.fieldNames(),
+            *([schema.FOLD] if config.folds else []),
+            schema.SPLIT,
+        ],
         "counts": counts,
         "quarantine": {
             **{f"file:{k}": v for k, v in counts["files"]["by_reason"].items()},

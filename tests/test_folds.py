@@ -182,6 +182,15 @@ def test_the_summary_prints_the_fold_sizes(spark, source, tmp_path, capsys):
         assert f"  warning: {warning}" in out.splitlines()
 
 
+def test_fold_frame_sets_the_split_from_the_fold(spark):
+    from skinspark.train.folds import fold_frame
+
+    rows = [("a", "train", 0), ("b", "val", 0), ("c", "train", 1), ("d", "val", 1), ("e", "test", None)]
+    table = spark.createDataFrame(rows, "image_id string, split string, fold int")
+    split = dict(fold_frame(table, 1).select("image_id", "split").collect())
+    assert split == {"a": "train", "b": "train", "c": "val", "d": "val", "e": "test"}
+
+
 @pytest.mark.slow
 def test_a_fold_table_validates_on_its_fold_and_trains_on_the_others(spark, folded, tmp_path):
     model_dir = tmp_path / "model"

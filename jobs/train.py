@@ -53,6 +53,12 @@ def args_parser() -> argparse.ArgumentParser:
         help="architecture: paper_cnn (default), mobilenet_v2, resnet50, inception_v3 or densenet201",
     )
     parser.add_argument(
+        "--task",
+        choices=["dx7", "malignant"],
+        help="what the model predicts: dx7 (default), the seven diagnoses; or malignant, benign (nv, bkl, "
+        "df, vasc) against malignant (mel, bcc, akiec)",
+    )
+    parser.add_argument(
         "--weights",
         help="a backbone's starting weights: none (default, random), imagenet (the no-top file in "
         "~/.keras/models; never downloaded) or PATH to a no-top .h5 every executor can read",
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size",
         "learning_rate",
         "model",
+        "task",
         "weights",
         "class_weight",
         "balance",

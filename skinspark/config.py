@@ -50,6 +50,8 @@ class IngestConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: str = "paper_cnn"  # or an ImageNet backbone: mobilenet_v2, resnet50, inception_v3, densenet201
+    # what the model predicts: "dx7" (the seven diagnoses) or "malignant" (benign against malignant)
+    task: str = "dx7"
     # a backbone's starting weights: "none" (random), "imagenet" (Keras's cached no-top file) or a path
     weights: str = "none"
     # Fine-tuning a backbone in two phases: frozen (only the new head trains) for freeze_epochs, then its

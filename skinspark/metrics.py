@@ -21,7 +21,12 @@ from sklearn import metrics as skm
 from skinspark import schema
 
 MELANOMA = "mel"
-TARGET_SENSITIVITY = 0.80  # the melanoma operating point fixed on the validation split
+MALIGNANT = "malignant"
+# The class whose sensitivity a reader asks for first, by the label it has among a task's output units,
+# and the key of its operating point in the metrics: melanoma among the diagnoses, malignant in the
+# benign/malignant task.
+OPERATING_POINTS: dict[str, str] = {MELANOMA: "melanoma", MALIGNANT: "malignant"}
+TARGET_SENSITIVITY = 0.80  # the operating point fixed on the validation split
 CALIBRATION_BINS = 15
 
 
@@ -29,14 +34,16 @@ def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
     y_prob: np.ndarray,
     labels: Sequence[str] = schema.LABELS,
-    melanoma_threshold: float | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of predicted class probabilities against true label indices.
 
     Args:
         y_true: true label indices (into `labels`), shape (n,).
         y_prob: predicted probabilities, shape (n, len(labels)); the prediction is the arg-max.
-        labels: label names in output-unit order.
+        labels: label names in output-unit order (a task's: the seven diagnoses, or benign/malignant).
+        threshold: the operating point on P(mel), or on P(malignant), fixed on a validation split
+            (`operating_threshold`); None: the arg-max only.
 
     Returns:
         A JSON-ready dict: `images`, `accuracy`, `balanced_accuracy` (mean recall over the classes
@@ -45,8 +52,11 @@ def classification_metrics(
         label; 0.0 where undefined), `confusion_matrix` (rows true, columns predicted, every label)
         and `labels`; `roc_auc` and `average_precision` ({label: one-vs-rest value, None for a label
         absent from y_true or present everywhere}), `macro_auc` (mean over the defined ones),
-        `melanoma` (sensitivity and specificity at the arg-max, and at `melanoma_threshold` on
-        P(mel) when given; see `melanoma_threshold`) and `calibration` (`calibration`'s output).
+        `melanoma` (sensitivity and specificity at the arg-max, and at `threshold` on P(mel) when
+        given; None where "mel" is not a label), `malignant` (the benign/malignant task's binary
+        figures: the same two operating points on P(malignant), with the malignant class's F1, ROC AUC
+        and average precision; None where "malignant" is not a label) and `calibration`
+        (`calibration`'s output).
 
     Raises:
         ValueError: empty input, mismatched lengths, a wrong probability width or a label index out of range.
@@ -86,11 +96,12 @@ def classification_metrics(
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=indices).tolist(),
         "labels": list(labels),
         **ranking_metrics(y_true, probabilities, labels),
-        "melanoma": (
-            melanoma_metrics(y_true, probabilities, labels, melanoma_threshold)
-            if MELANOMA in labels
+        **{
+            key: operating_point_metrics(y_true, probabilities, labels, positive, threshold)
+            if positive in labels
             else None
-        ),
+            for positive, key in OPERATING_POINTS.items()
+        },
         "calibration": calibration(y_true, probabilities),
     }
 
@@ -113,42 +124,59 @@ def ranking_metrics(y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str
     }
 
 
-def melanoma_threshold(
+def positive_label(labels: Sequence[str]) -> str | None:
+    """The label whose operating point is reported ("mel" or "malignant"), or None for other labels."""
+    return next((label for label in OPERATING_POINTS if label in labels), None)
+
+
+def operating_threshold(
     y_true: Sequence[int] | np.ndarray,
     y_prob: np.ndarray,
     labels: Sequence[str] = schema.LABELS,
     sensitivity: float = TARGET_SENSITIVITY,
 ) -> float | None:
-    """The highest threshold on P(mel) whose melanoma sensitivity is at least `sensitivity` (from
-    scikit-learn's ROC curve), fixed on a validation split and then applied to test or scored data;
-    None when the split holds no melanoma or no other image."""
+    """The highest threshold on P(mel) (or P(malignant), `positive_label`) whose sensitivity for that
+    class is at least `sensitivity` (from scikit-learn's ROC curve), fixed on a validation split and
+    then applied to test or scored data; None when the split holds none of that class or nothing else,
+    or the labels have no such class."""
     y_true = np.asarray(y_true).reshape(-1)
-    if MELANOMA not in labels:
+    positive_name = positive_label(labels)
+    if positive_name is None:
         return None
-    positive = y_true == list(labels).index(MELANOMA)
+    index = list(labels).index(positive_name)
+    positive = y_true == index
     if not 0 < positive.sum() < positive.size:
         return None
+    # Every threshold, not the ROC's corners only: a dropped one may be the highest that reaches it.
     _, true_positive_rate, thresholds = skm.roc_curve(
-        positive, np.asarray(y_prob)[:, list(labels).index(MELANOMA)]
+        positive, np.asarray(y_prob)[:, index], drop_intermediate=False
     )
     reached = np.flatnonzero(true_positive_rate >= sensitivity)
     return float(min(thresholds[reached[0]], 1.0))
 
 
-def melanoma_metrics(
-    y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], threshold: float | None
+def operating_point_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], positive_name: str, threshold: float | None
 ) -> dict[str, Any]:
-    """Melanoma against the rest: sensitivity and specificity at the arg-max, and at `threshold` on
-    P(mel) (flagged when P(mel) >= threshold) when one is given."""
-    index = list(labels).index(MELANOMA)
+    """One class against the rest: sensitivity and specificity at the arg-max, and at `threshold` on
+    its probability (flagged when P >= threshold) when one is given. For the benign/malignant task
+    also the malignant class's F1 (at the arg-max), ROC AUC and average precision."""
+    index = list(labels).index(positive_name)
     positive = y_true == index
-    result = {"at_argmax": _sensitivity_specificity(positive, y_prob.argmax(axis=1) == index)}
+    result: dict[str, Any] = {"at_argmax": _sensitivity_specificity(positive, y_prob.argmax(axis=1) == index)}
     if threshold is not None:
         flagged = y_prob[:, index] >= threshold
         result["at_threshold"] = {
             "threshold": float(threshold),
             **_sensitivity_specificity(positive, flagged),
         }
+    if positive_name == MALIGNANT:
+        defined = 0 < positive.sum() < positive.size
+        result["f1"] = float(skm.f1_score(positive, y_prob.argmax(axis=1) == index, zero_division=0))
+        result["roc_auc"] = float(skm.roc_auc_score(positive, y_prob[:, index])) if defined else None
+        result["average_precision"] = (
+            float(skm.average_precision_score(positive, y_prob[:, index])) if defined else None
+        )
     return result
 
 
@@ -217,22 +245,34 @@ def against_baselines(metrics: dict[str, Any]) -> str:
     )
 
 
+def operating_point(metrics: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    """(positive label, its metrics key, its figures at the threshold, else at the arg-max) of a
+    `classification_metrics` result; the figures are None where it has no operating point."""
+    for label, key in OPERATING_POINTS.items():
+        section = metrics.get(key)
+        if section:
+            return label, key, section.get("at_threshold") or section.get("at_argmax")
+    return MELANOMA, OPERATING_POINTS[MELANOMA], None
+
+
 def headline(metrics: dict[str, Any]) -> str:
-    """The figures a clinician reads first, on one line: macro AUC, melanoma sensitivity and
-    specificity, and the expected calibration error."""
+    """The figures a clinician reads first, on one line: macro AUC, melanoma (or malignant)
+    sensitivity and specificity, and the expected calibration error."""
     parts = []
     if metrics.get("macro_auc") is not None:
         parts.append(f"macro AUC {metrics['macro_auc']:.3f}")
-    melanoma = metrics.get("melanoma") or {}
-    point = melanoma.get("at_threshold") or melanoma.get("at_argmax")
+    label, key, point = operating_point(metrics)
     if point and point["sensitivity"] is not None:
-        where = f"P(mel) >= {point['threshold']:.3f}" if "threshold" in point else "arg-max"
+        where = f"P({label}) >= {point['threshold']:.3f}" if "threshold" in point else "arg-max"
         specificity = point["specificity"]
         parts.append(
-            f"melanoma sensitivity {point['sensitivity']:.3f}, specificity "
+            f"{key} sensitivity {point['sensitivity']:.3f}, specificity "
             + (f"{specificity:.3f}" if specificity is not None else "n/a")
             + f" ({where})"
         )
+    malignant = metrics.get(OPERATING_POINTS[MALIGNANT]) or {}
+    if malignant.get("roc_auc") is not None:
+        parts.append(f"malignant F1 {malignant['f1']:.3f}, ROC AUC {malignant['roc_auc']:.3f}")
     if "calibration" in metrics:
         parts.append(f"ECE {metrics['calibration']['ece']:.3f}")
     return "; ".join(parts)

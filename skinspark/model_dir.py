@@ -4,7 +4,8 @@ A model directory holds everything scoring needs (see `save_model_dir`):
 
     model.keras            Keras native format (weights and architecture, no optimizer); or instead
     model.tflite           a TensorFlow Lite export of it (`jobs/export.py`), which scoring runs as well
-    labels.json            {"labels": [...schema.LABELS], "names": {label: long name}}
+    labels.json            {"task": "dx7" | "malignant", "labels": [...the task's output units],
+                           "names": {label: long name}}
     preprocessing.json     {"height", "width", "channels", "input_dtype", "pixel_scaling", "decoder"}
     _config.yaml           the resolved training config
     ingest_manifest.json   the manifest of the ingested table the model was trained on
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 
-from skinspark import schema
 from skinspark.manifest import CONFIG_FILE, staged, write_json_atomic, write_text_atomic
+from skinspark.metrics import OPERATING_POINTS
 from skinspark.preprocess import DECODERS
+from skinspark.tasks import DX7, Task, task_of_labels
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -73,9 +75,9 @@ def preprocessing_spec(height: int, width: int, decoder: str) -> dict[str, Any]:
     }
 
 
-def labels_spec() -> dict[str, Any]:
-    """The model's output units: label codes in unit order and their long names."""
-    return {"labels": list(schema.LABELS), "names": dict(schema.LABEL_NAMES)}
+def labels_spec(task: Task = DX7) -> dict[str, Any]:
+    """The model's output units: its task, label codes in unit order and their long names."""
+    return {"task": task.name, "labels": list(task.labels), "names": dict(task.names)}
 
 
 def save_model_dir(
@@ -83,6 +85,7 @@ def save_model_dir(
     model_dir: str,
     ingest_manifest: Mapping[str, Any],
     config_yaml: str,
+    task: Task = DX7,
 ) -> None:
     """Write the model and its description into `model_dir` (created if missing).
 
@@ -94,6 +97,7 @@ def save_model_dir(
         model_dir: a local or mounted directory.
         ingest_manifest: the `_manifest.json` of the ingested table (gives image shape and decoder).
         config_yaml: the resolved training config as YAML.
+        task: what the model predicts (its output units, in labels.json).
     """
     directory = Path(local_path(model_dir))
     directory.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,7 @@ def save_model_dir(
     decoder = ingest_manifest.get("config", {}).get("decoder", "simplejpeg")
     with staged(directory / MODEL_FILE) as temporary:
         model.save(temporary)
-    write_json_atomic(directory / LABELS_FILE, labels_spec())
+    write_json_atomic(directory / LABELS_FILE, labels_spec(task))
     write_json_atomic(directory / PREPROCESSING_FILE, preprocessing_spec(height, width, decoder))
     write_json_atomic(directory / INGEST_MANIFEST_FILE, dict(ingest_manifest))
     write_text_atomic(directory / CONFIG_FILE, config_yaml)
@@ -179,20 +183,23 @@ def read_labels(model_dir: str) -> list[str]:
 
 
 def read_model_spec(model_dir: str) -> dict:
-    """The preprocessing spec, checked for what scoring can follow, with labels checked against the
-    schema: height, width and channels as integers and a known decoder.
+    """The preprocessing spec, checked for what scoring can follow (height, width and channels as
+    integers and a known decoder), with the model's `labels` and `task` added: labels of a known task
+    (`skinspark.tasks`), in its order.
 
     Raises:
-        ModelDirError: missing or unreadable files, labels other than schema.LABELS in that order, or
-            a spec scoring cannot follow.
+        ModelDirError: missing or unreadable files, labels of no task or in another order, or a spec
+            scoring cannot follow.
     """
     try:
         spec = read_preprocessing(model_dir)
         labels = read_labels(model_dir)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelDirError(f"cannot read the model directory {model_dir}: {error}") from None
-    if tuple(labels) != schema.LABELS:
-        raise ModelDirError(f"model labels {labels} differ from {list(schema.LABELS)} (order matters)")
+    try:
+        task = task_of_labels(labels)
+    except ValueError as error:
+        raise ModelDirError(f"{model_dir}: {error}") from None
     try:
         height, width, channels = int(spec["height"]), int(spec["width"]), int(spec.get("channels", 3))
     except (KeyError, TypeError, ValueError):
@@ -203,17 +210,24 @@ def read_model_spec(model_dir: str) -> dict:
     if channels != 3 or height <= 0 or width <= 0 or decoder not in DECODERS:
         raise ModelDirError(f"preprocessing.json in {model_dir} asks for what scoring cannot do: {spec}")
     spec.update(height=height, width=width, channels=channels, decoder=decoder)
+    spec.update(labels=list(task.labels), task=task.name)
     return spec
 
 
-def melanoma_threshold_of(model_dir: str) -> float | None:
-    """The melanoma threshold training fixed on its validation split (`metrics.json`), or None when
-    the directory records none (an older model, or a validation split without melanoma)."""
+def threshold_of(model_dir: str) -> float | None:
+    """The operating threshold training fixed on its validation split (`metrics.json`): on P(mel) for
+    the diagnoses, on P(malignant) for the benign/malignant task; None when the directory records none
+    (an older model, or a validation split without that class)."""
     try:
         metrics = json.loads((Path(local_path(model_dir)) / METRICS_FILE).read_text())
-        return float(metrics["melanoma"]["at_threshold"]["threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    for key in OPERATING_POINTS.values():
+        try:
+            return float(metrics[key]["at_threshold"]["threshold"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 def model_id(model_dir: str) -> str:

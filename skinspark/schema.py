@@ -23,6 +23,16 @@ LABEL_NAMES: dict[str, str] = {
 LABEL_INDEX: dict[str, int] = {label: index for index, label in enumerate(LABELS)}
 NUM_CLASSES = len(LABELS)
 
+# The benign/malignant task (`--task malignant`): melanoma, basal cell carcinoma and actinic keratoses /
+# intraepithelial carcinoma are malignant or pre-malignant; nevi, keratosis-like lesions,
+# dermatofibroma and vascular lesions are benign (as Merchan Vargas et al. group HAM10000).
+MALIGNANT_DX: tuple[str, ...] = ("akiec", "bcc", "mel")
+BINARY_LABELS: tuple[str, ...] = ("benign", "malignant")
+BINARY_LABEL_NAMES: dict[str, str] = {
+    "benign": "Benign: nv, bkl, df, vasc",
+    "malignant": "Malignant or pre-malignant: mel, bcc, akiec",
+}
+
 # Class counts of the real HAM10000 release (10,015 images, 7,470 lesions).
 HAM10000_CLASS_COUNTS: dict[str, int] = {
     "akiec": 327,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,23 @@ def spark(tmp_path_factory):
         yield session
     finally:
         session.stop()
+
+
+@pytest.fixture(scope="session")
+def ingested(spark, tmp_path_factory) -> Path:
+    """A small ingested table (150 generated images, split by lesion) that training tests share."""
+    from jobs import ingest as ingest_job
+    from skinspark import schema
+    from skinspark.tools.synthetic import generate
+
+    source = tmp_path_factory.mktemp("train-source")
+    generate(source, images=150, seed=1, workers=2, overwrite=True)
+    table = tmp_path_factory.mktemp("train-table") / "ham"
+    code = ingest_job.main(
+        ["--images", str(source), "--metadata", str(source / schema.METADATA_FILE), "--output", str(table)]
+    )
+    assert code == 0
+    return table
 
 
 @pytest.fixture(scope="session")

@@ -334,3 +334,31 @@ def test_cross_validate_trains_every_fold_and_reports_mean_and_std(backend, fold
         assert again["per_fold"][1]["test"][key] == pytest.approx(
             record["per_fold"][1]["test"][key], abs=1e-6
         )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_fold_of_the_benign_malignant_task(folded, tmp_path, capsys):
+    model_dir = tmp_path / "fold-1"
+    arguments = ["--data", str(folded), "--output", str(model_dir), "--epochs", "1", "--fold", "1"]
+    arguments += [
+        "--task",
+        "malignant",
+        "--backend",
+        "tf_distribute",
+        "--num-proc",
+        "2",
+        "--batch-size",
+        "16",
+    ]
+    assert train_job.main(arguments) == 0
+    assert "fold 1 of 2: validated on fold 1" in capsys.readouterr().out
+    manifest = _manifest(model_dir)
+    fold_sizes = _manifest(folded)["counts"]["folds"]
+    assert (manifest["fold"], manifest["folds"], manifest["task"]) == (1, 2, "malignant")
+    assert manifest["rows"]["val"] == manifest["validation"]["images"] == fold_sizes["1"]["images"]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["validation"]["labels"] == metrics["labels"] == ["benign", "malignant"]
+    malignant = sum(fold_sizes["1"]["by_class"][label] for label in ("mel", "bcc", "akiec"))
+    assert metrics["validation"]["per_class"]["malignant"]["support"] == malignant
+    assert not (model_dir / FOLD_DATA).exists()

@@ -12,7 +12,7 @@ from skinspark.metrics import (
     baselines,
     calibration,
     classification_metrics,
-    melanoma_threshold,
+    operating_threshold,
     plot_reliability_diagram,
 )
 from skinspark.score import isic
@@ -51,12 +51,12 @@ def test_melanoma_operating_points():
     y_prob = np.full((10, schema.NUM_CLASSES), 0.01)
     y_prob[:, MEL] = [0.9, 0.8, 0.7, 0.6, 0.2, 0.5, 0.3, 0.2, 0.1, 0.05]
     y_prob[:, 5] = 0.95 - y_prob[:, MEL]  # rows sum to 1; mel wins the arg-max where P(mel) > 0.475
-    threshold = melanoma_threshold(y_true, y_prob)
+    threshold = operating_threshold(y_true, y_prob)
     assert threshold == pytest.approx(0.6)  # the highest that flags 4 of the 5 melanomas (80 %)
-    melanoma = classification_metrics(y_true, y_prob, melanoma_threshold=threshold)["melanoma"]
+    melanoma = classification_metrics(y_true, y_prob, threshold=threshold)["melanoma"]
     assert melanoma["at_argmax"] == {"sensitivity": 0.8, "specificity": 0.8}  # the nv row at 0.5 too
     assert melanoma["at_threshold"] == {"threshold": 0.6, "sensitivity": 0.8, "specificity": 1.0}
-    assert melanoma_threshold(np.array([5, 5]), y_prob[:2]) is None  # no melanoma to fix it on
+    assert operating_threshold(np.array([5, 5]), y_prob[:2]) is None  # no melanoma to fix it on
 
 
 def test_calibration_error_by_hand():

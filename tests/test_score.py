@@ -25,8 +25,9 @@ from skinspark.score import chunks as score_chunks
 from skinspark.tools.synthetic import generate
 
 
-def _tiny_model_dir(directory: Path, seed: int = 0) -> Path:
-    """A small Keras model with the model directory's contract (uint8 pixels in, 7 softmax out)."""
+def _tiny_model_dir(directory: Path, seed: int = 0, labels=schema.LABELS) -> Path:
+    """A small Keras model with the model directory's contract (uint8 pixels in, a softmax over
+    `labels` out: the seven diagnoses unless told otherwise)."""
     import tensorflow as tf
 
     from skinspark.model_dir import preprocessing_spec
@@ -38,13 +39,13 @@ def _tiny_model_dir(directory: Path, seed: int = 0) -> Path:
     x = layers.Conv2D(4, 3, activation="relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(
-        schema.NUM_CLASSES,
+        len(labels),
         activation="softmax",
         kernel_initializer=tf.keras.initializers.RandomNormal(stddev=3.0),
     )(x)
     directory.mkdir(parents=True, exist_ok=True)
     tf.keras.Model(inputs, outputs).save(directory / "model.keras")
-    (directory / "labels.json").write_text(json.dumps({"labels": list(schema.LABELS)}))
+    (directory / "labels.json").write_text(json.dumps({"labels": list(labels)}))
     (directory / "preprocessing.json").write_text(json.dumps(preprocessing_spec(75, 100, "simplejpeg")))
     return directory
 

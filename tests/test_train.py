@@ -18,11 +18,9 @@ import pytest
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from jobs import ingest as ingest_job
 from jobs import train as train_job
 from skinspark import precision, schema
 from skinspark.metrics import classification_metrics, plot_confusion_matrix, plot_training_curves, summary
-from skinspark.tools.synthetic import generate
 from skinspark.train import (
     class_weights,
     describe_failure,
@@ -44,18 +42,6 @@ HOROVOD_CANCELLED_THREAD = "ignore::pytest.PytestUnhandledThreadExceptionWarning
 # ------------------------------------------------------------------------------------------------
 # Data: one small ingested table, and copies whose train split is rewritten as uneven shards
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def ingested(spark, tmp_path_factory) -> Path:
-    source = tmp_path_factory.mktemp("train-source")
-    generate(source, images=150, seed=1, workers=2, overwrite=True)
-    table = tmp_path_factory.mktemp("train-table") / "ham"
-    code = ingest_job.main(
-        ["--images", str(source), "--metadata", str(source / schema.METADATA_FILE), "--output", str(table)]
-    )
-    assert code == 0
-    return table
 
 
 def _train_rows(table: Path) -> pa.Table:

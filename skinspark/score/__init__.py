@@ -37,7 +37,7 @@ from skinspark import storage
 from skinspark.config import ScoreConfig
 from skinspark.images import IMAGE_KINDS, scan_settings
 from skinspark.manifest import write_record
-from skinspark.model_dir import melanoma_threshold_of
+from skinspark.model_dir import threshold_of
 from skinspark.score import chunks
 from skinspark.score.chunks import (
     CHUNK,
@@ -61,7 +61,7 @@ from skinspark.score.columns import (
     SCORED_AT,
     output_columns,
 )
-from skinspark.score.isic import evaluate_against_truth, write_submission
+from skinspark.score.isic import check_submission_task, evaluate_against_truth, write_submission
 from skinspark.score.predict import WorkerModel, open_models, predict_frame
 from skinspark.score.report import (
     METRICS_FILE,
@@ -78,6 +78,7 @@ from skinspark.score.report import (
 from skinspark.score.sources import Source, open_source
 from skinspark.score.udf import UDF_NAME, predict_series, predict_udf, register_predict_udf
 from skinspark.session import query_settings
+from skinspark.tasks import Task, task_of_labels
 
 __all__ = [
     "CHUNK",
@@ -160,6 +161,9 @@ def score(
         [os.fspath(model_dir)] if one else [os.fspath(d) for d in model_dir]
     )
     model_dir = members[0][0]
+    task = task_of_labels(spec["labels"])
+    if isic_csv is not None:
+        check_submission_task(task)  # before any image is scored
     output = storage.qualify(spark, output).rstrip("/")
     with query_settings(spark, _settings(spark, config)):
         source, inputs = open_source(spark, config, spec, images, table)
@@ -194,27 +198,29 @@ def score(
             images_per_second=round(written / seconds, 1),
             workers=workers,
         )
-        manifest.update(count_output(spark, output, len(chunk_dirs(spark, output)), first))
-        threshold = melanoma_threshold_of(model_dir) if len(members) == 1 else None
-        manifest.update(_evaluate(spark, output, threshold, source.labelled, isic_csv, truth))
+        manifest.update(count_output(spark, output, len(chunk_dirs(spark, output)), first, source.labels))
+        threshold = threshold_of(model_dir) if len(members) == 1 else None
+        manifest.update(_evaluate(spark, output, threshold, source.labelled, isic_csv, truth, task))
         manifest.update(verdict(manifest, config))
         write_record(spark, output, manifest)
         return ScoreResult(output, manifest)
 
 
-def _evaluate(spark, output: str, threshold: float | None, labelled: bool, isic_csv, truth) -> dict:
+def _evaluate(
+    spark, output: str, threshold: float | None, labelled: bool, isic_csv, truth, task: Task
+) -> dict:
     """Metrics of a labelled table or against a ground-truth CSV (`_metrics.json`), and the ISIC
-    submission file; melanoma's operating point is the one the model's training fixed (none for an
-    ensemble: no training fixed one for the average)."""
-    metrics = labelled_metrics(spark, output, threshold) if labelled else {}
+    submission file; the operating point (melanoma's, or malignant's for a benign/malignant model) is
+    the one the model's training fixed (none for an ensemble: no training fixed one for the average)."""
+    metrics = labelled_metrics(spark, output, threshold, task) if labelled else {}
     record = {}
     if truth is not None:
-        evaluated = evaluate_against_truth(spark, output, truth, threshold)
+        evaluated = evaluate_against_truth(spark, output, truth, threshold, task)
         if evaluated["metrics"] is not None:
             metrics["truth"] = evaluated["metrics"]
         record["truth"] = {"truth": evaluated["truth"], "counts": evaluated["counts"]}
     if isic_csv is not None:
-        record["isic_csv"] = write_submission(spark, output, isic_csv)
+        record["isic_csv"] = write_submission(spark, output, isic_csv, task)
     record.update(write_metrics(spark, output, metrics))
     return record
 

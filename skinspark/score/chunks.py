@@ -203,12 +203,14 @@ def score_chunks(
             done = spark.read.parquet(output).select(PATH).join(in_range, PATH, "left_semi")
             if chunk.done <= 200_000:
                 done = F.broadcast(done)
-        frame = final_columns(source.chunk(chunk, done, udf_args), identifier, source.labelled)
+        frame = final_columns(source.chunk(chunk, done, udf_args), identifier, source.labelled, source.labels)
 
         def complete(staging: str, chunk: Chunk = chunk, done: DataFrame | None = done) -> None:
             missing = source.complete_chunk(staging, chunk, done)
             if missing is not None:
-                final_columns(missing, identifier, source.labelled).write.mode("append").parquet(staging)
+                final_columns(missing, identifier, source.labelled, source.labels).write.mode(
+                    "append"
+                ).parquet(staging)
 
         # One file per chunk: a small shuffle of prediction rows (not images) after the parallel scoring.
         sorted_frame = frame.repartition(1).sortWithinPartitions(PATH)

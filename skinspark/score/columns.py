@@ -1,6 +1,12 @@
-"""The scoring output's columns: their names, types and order, and the columns every scored row gets."""
+"""The scoring output's columns: their names, types and order, and the columns every scored row gets.
+
+The probability columns follow the model's output units: `prob_<label>` for each of its task's labels
+(seven diagnoses, or `prob_benign` and `prob_malignant`); `predicted_dx` holds the predicted label.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -18,27 +24,42 @@ ERROR_REASON = "error_reason"  # a schema.REASON_* code, or null
 ERROR = "error"  # "reason: message", or null
 LABEL_COLUMNS = (schema.DX, schema.LABEL, schema.SPLIT)  # carried through from a labelled table
 
-# What the scoring function returns for each row (then `image_id`, `model_id`, `scored_at` are added).
-PREDICTION_FIELDS = [
-    T.StructField(PREDICTED_LABEL, T.IntegerType(), True),
-    T.StructField(CONFIDENCE, T.FloatType(), True),
-    *[T.StructField(name, T.FloatType(), True) for name in schema.PROB_COLUMNS],
-    T.StructField(ERROR_REASON, T.StringType(), True),
-    T.StructField(ERROR, T.StringType(), True),
-]
 
-PREDICTION_STRUCT = T.StructType(
-    [
-        T.StructField(PREDICTED_DX, T.StringType(), True),
+def prob_columns(labels: Sequence[str] = schema.LABELS) -> list[str]:
+    """One probability column per output unit, in unit order."""
+    return [f"prob_{label}" for label in labels]
+
+
+def prediction_fields(labels: Sequence[str] = schema.LABELS) -> list[T.StructField]:
+    """What the scoring function returns for each row (then `image_id`, `model_id`, `scored_at` are
+    added), for a model with these output labels."""
+    return [
+        T.StructField(PREDICTED_LABEL, T.IntegerType(), True),
         T.StructField(CONFIDENCE, T.FloatType(), True),
-        *[T.StructField(name, T.FloatType(), True) for name in schema.PROB_COLUMNS],
+        *[T.StructField(name, T.FloatType(), True) for name in prob_columns(labels)],
         T.StructField(ERROR_REASON, T.StringType(), True),
         T.StructField(ERROR, T.StringType(), True),
     ]
-)
 
 
-def output_columns(labelled: bool = False) -> list[str]:
+def prediction_struct(labels: Sequence[str] = schema.LABELS) -> T.StructType:
+    """What `predict_udf` returns for each row, for a model with these output labels."""
+    return T.StructType(
+        [
+            T.StructField(PREDICTED_DX, T.StringType(), True),
+            T.StructField(CONFIDENCE, T.FloatType(), True),
+            *[T.StructField(name, T.FloatType(), True) for name in prob_columns(labels)],
+            T.StructField(ERROR_REASON, T.StringType(), True),
+            T.StructField(ERROR, T.StringType(), True),
+        ]
+    )
+
+
+PREDICTION_FIELDS = prediction_fields()  # a seven-diagnosis model's
+PREDICTION_STRUCT = prediction_struct()
+
+
+def output_columns(labelled: bool = False, labels: Sequence[str] = schema.LABELS) -> list[str]:
     """The output table's columns, in order (reading the directory adds the partition column `chunk`)."""
     carried = list(LABEL_COLUMNS) if labelled else []
     return [
@@ -46,7 +67,7 @@ def output_columns(labelled: bool = False) -> list[str]:
         schema.IMAGE_ID,
         *carried,
         PREDICTED_DX,
-        *[f.name for f in PREDICTION_FIELDS[:-2]],
+        *[f.name for f in prediction_fields(labels)[:-2]],
         MODEL_ID,
         SCORED_AT,
         ERROR_REASON,
@@ -54,12 +75,14 @@ def output_columns(labelled: bool = False) -> list[str]:
     ]
 
 
-def final_columns(frame: DataFrame, identifier: str, labelled: bool) -> DataFrame:
-    labels = F.array(*[F.lit(label) for label in schema.LABELS])
+def final_columns(
+    frame: DataFrame, identifier: str, labelled: bool, labels: Sequence[str] = schema.LABELS
+) -> DataFrame:
+    names = F.array(*[F.lit(label) for label in labels])
     columns = {
         # get (0-based) keeps a null label null; element_at(labels, null + 1) is the last label on Spark 4.3.
-        PREDICTED_DX: F.get(labels, F.col(PREDICTED_LABEL)),
+        PREDICTED_DX: F.get(names, F.col(PREDICTED_LABEL)),
         MODEL_ID: F.lit(identifier),
         SCORED_AT: F.current_timestamp(),
     }
-    return frame.withColumns(columns).select(*output_columns(labelled))
+    return frame.withColumns(columns).select(*output_columns(labelled, labels))

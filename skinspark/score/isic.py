@@ -2,7 +2,9 @@
 submission CSV, and a scoring output evaluated against the challenge's one-hot ground-truth CSV.
 
 Both files have the columns `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`: one row per image, probabilities
-in a submission, 0/1 (exactly one 1) in the ground truth.
+in a submission, 0/1 (exactly one 1) in the ground truth. A submission needs a seven-diagnosis model;
+the ground truth also evaluates a benign/malignant model, its diagnoses grouped as the model's task
+groups them.
 """
 
 from __future__ import annotations
@@ -16,19 +18,24 @@ from skinspark.manifest import staging_path
 from skinspark.metrics import classification_metrics
 from skinspark.score.columns import ERROR_REASON
 from skinspark.score.report import ScoreError
+from skinspark.tasks import DX7, Task
 
 IMAGE_COLUMN = "image"
 CLASS_COLUMNS = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")  # the challenge's order
 _LABEL_OF = {column: column.lower() for column in CLASS_COLUMNS}
 
 
-def write_submission(spark: SparkSession, output: str, path: str) -> dict:
+def write_submission(spark: SparkSession, output: str, path: str, task: Task = DX7) -> dict:
     """Write the scored rows of `output` as one submission CSV at `path` (any Hadoop URI), through
     Spark's CSV writer, sorted by image; rows with an error have no probabilities and are not written.
 
     Returns:
         {"path", "rows" written, "error_rows" left out, "duplicate_images"} for the manifest.
+
+    Raises:
+        ScoreError: the model is not a seven-diagnosis one (`check_submission_task`).
     """
+    check_submission_task(task)
     scored = spark.read.parquet(output)
     errors = scored.where(F.col(ERROR_REASON).isNotNull()).count()
     rows = scored.where(F.col(ERROR_REASON).isNull()).select(
@@ -52,6 +59,15 @@ def write_submission(spark: SparkSession, output: str, path: str) -> dict:
         "error_rows": int(errors),
         "duplicate_images": int(written - distinct),
     }
+
+
+def check_submission_task(task: Task) -> None:
+    """ScoreError unless `task` is the seven diagnoses: a submission holds their seven probabilities."""
+    if task.labels != DX7.labels:
+        raise ScoreError(
+            f"an ISIC 2018 Task 3 submission holds the seven diagnoses' probabilities; this model's task "
+            f"is {task.name} ({', '.join(task.labels)}): drop --isic-csv, or score with a dx7 model"
+        )
 
 
 def read_truth(spark: SparkSession, path: str) -> DataFrame:
@@ -81,9 +97,10 @@ def read_truth(spark: SparkSession, path: str) -> DataFrame:
 
 
 def evaluate_against_truth(
-    spark: SparkSession, output: str, truth_path: str, melanoma_threshold: float | None = None
+    spark: SparkSession, output: str, truth_path: str, threshold: float | None = None, task: Task = DX7
 ) -> dict:
-    """Metrics of the scored rows of `output` against a ground-truth CSV, joined on the image id.
+    """Metrics of the scored rows of `output` against a ground-truth CSV, joined on the image id; for a
+    benign/malignant model (`task`) the truth's diagnoses are grouped into its two classes.
 
     Nothing is dropped unannounced: truth rows with no scored image, scored images with no truth
     row, matched images whose scoring failed, and invalid truth rows are all counted.
@@ -93,7 +110,8 @@ def evaluate_against_truth(
         matched}.
     """
     truth = read_truth(spark, truth_path)
-    scored = spark.read.parquet(output).select(schema.IMAGE_ID, ERROR_REASON, *schema.PROB_COLUMNS)
+    probabilities = list(task.prob_columns)
+    scored = spark.read.parquet(output).select(schema.IMAGE_ID, ERROR_REASON, *probabilities)
     valid = truth.where("valid")
     joined = valid.join(scored, schema.IMAGE_ID, "inner")
     counts = {
@@ -103,12 +121,14 @@ def evaluate_against_truth(
         "predictions_without_truth": scored.join(truth, schema.IMAGE_ID, "left_anti").count(),
         "matched_with_error": joined.where(F.col(ERROR_REASON).isNotNull()).count(),
     }
-    rows = joined.where(F.col(ERROR_REASON).isNull()).select(schema.LABEL, *schema.PROB_COLUMNS).toPandas()
+    rows = joined.where(F.col(ERROR_REASON).isNull()).select(schema.LABEL, *probabilities).toPandas()
     counts["evaluated"] = len(rows)
     metrics = None
     if len(rows):
-        probabilities = rows[list(schema.PROB_COLUMNS)].to_numpy()
         metrics = classification_metrics(
-            rows[schema.LABEL].to_numpy(), probabilities, melanoma_threshold=melanoma_threshold
+            task.map_labels(rows[schema.LABEL].to_numpy()),
+            rows[probabilities].to_numpy(),
+            task.labels,
+            threshold,
         )
     return {"truth": storage.qualify(spark, truth_path), "counts": counts, "metrics": metrics}

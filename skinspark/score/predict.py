@@ -59,6 +59,11 @@ def open_models(model_dirs: Sequence[str]) -> tuple[list[tuple[str, str]], str, 
         raise ScoreError("an ensemble lists the same model directory twice")
     first_path, _, spec = opened[0]
     for path, _, other in opened[1:]:
+        if other["labels"] != spec["labels"]:
+            raise ScoreError(
+                f"ensemble members must predict the same labels: {first_path} predicts {spec['labels']} "
+                f"({spec['task']}), {path} predicts {other['labels']} ({other['task']})"
+            )
         if other != spec:
             raise ScoreError(
                 f"ensemble members must take the same input: {first_path} takes {_describe(spec)}, "
@@ -90,6 +95,7 @@ class WorkerModel:
     others: tuple[tuple[str, str], ...] = ()
     ensemble_id: str | None = None  # the whole ensemble's id (`open_models`), written as `model_id`
     runtime: str = "keras"  # or "tflite": a directory holding a TensorFlow Lite export
+    labels: tuple[str, ...] = schema.LABELS  # the model's output units, in order
 
     @property
     def model_id(self) -> str:
@@ -116,6 +122,7 @@ class WorkerModel:
             spec["decoder"],
             precision,
             runtime=runtime,
+            labels=tuple(spec["labels"]),
         )
 
     @classmethod
@@ -185,6 +192,7 @@ def predict_frame(
     raw_pixels: bool = False,
     passthrough: Sequence[str] = (PATH,),
     max_batch: int = 256,
+    labels: Sequence[str] = schema.LABELS,
 ) -> pd.DataFrame:
     """Decode a batch of images and predict them, `max_batch` images per model call.
 
@@ -194,13 +202,14 @@ def predict_frame(
         batch: rows with `data_column` (encoded file bytes, an `ImageError` for a file that could not
             be read, or raw pixels when `raw_pixels`; then also `height` and `width` columns) and the
             `passthrough` columns.
-        load_model: returns the Keras model (uint8 pixels in, probabilities over schema.LABELS out);
+        load_model: returns the Keras model (uint8 pixels in, probabilities over `labels` out);
             called only when the batch has a decodable image.
         height, width, decoder: the model's preprocessing.
         raw_pixels: the data are stored pixels (the ingested table) instead of encoded files.
         passthrough: columns copied to the output unchanged.
         max_batch: the most images per `predict_on_batch` call (a SQL UDF's Arrow batch can hold
             10,000 rows, far more than a model call should take at once).
+        labels: the model's output units (its task's labels).
 
     Returns:
         `passthrough` columns, `predicted_label` (nullable Int32), `confidence`, one `prob_<label>`
@@ -208,10 +217,10 @@ def predict_frame(
         probabilities and its error.
 
     Raises:
-        ValueError: the model's output is not one row of NUM_CLASSES probabilities per image.
+        ValueError: the model's output is not one row of len(labels) probabilities per image.
     """
     count = len(batch)
-    probabilities = np.full((count, schema.NUM_CLASSES), np.nan, dtype=np.float32)
+    probabilities = np.full((count, len(labels)), np.nan, dtype=np.float32)
     reasons: list[str | None] = [None] * count
     errors: list[str | None] = [None] * count
     pixels, decoded = [], []
@@ -235,17 +244,17 @@ def predict_frame(
         for start in range(0, len(decoded), max(1, max_batch)):
             rows = decoded[start : start + max(1, max_batch)]
             predicted = np.asarray(model.predict_on_batch(np.stack(pixels[start : start + len(rows)])))
-            if predicted.shape != (len(rows), schema.NUM_CLASSES):
-                expected = (len(rows), schema.NUM_CLASSES)
+            if predicted.shape != (len(rows), len(labels)):
+                expected = (len(rows), len(labels))
                 raise ValueError(f"model returned shape {predicted.shape}, expected {expected}")
             probabilities[rows] = predicted.astype(np.float32)
     failed = np.isnan(probabilities).any(axis=1)
     best = np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)
     frame = pd.DataFrame({name: batch[name].to_numpy() for name in passthrough}, index=range(count))
-    labels = [None if bad else int(label) for bad, label in zip(failed, best, strict=True)]
-    frame[PREDICTED_LABEL] = pd.array(labels, dtype="Int32")
+    predicted_labels = [None if bad else int(label) for bad, label in zip(failed, best, strict=True)]
+    frame[PREDICTED_LABEL] = pd.array(predicted_labels, dtype="Int32")
     frame[CONFIDENCE] = probabilities.max(axis=1)  # NaN (null) for a failed row
-    for column, name in enumerate(schema.PROB_COLUMNS):
+    for column, name in enumerate(f"prob_{label}" for label in labels):
         frame[name] = probabilities[:, column]
     frame[ERROR_REASON] = reasons
     frame[ERROR] = errors
@@ -306,6 +315,7 @@ def score_partition(
             raw_pixels,
             passthrough,
             max_batch,
+            model.labels,
         )
     loads = model_cache.load_count(model.local_dir(), model.identifier, chosen)
     stats.add({f"{socket.gethostname()}:{os.getpid()}": (1, loads, chosen)})

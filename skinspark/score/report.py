@@ -14,6 +14,7 @@ from skinspark import precision, schema, storage
 from skinspark.config import ScoreConfig
 from skinspark.errors import JobError
 from skinspark.manifest import JobResult, to_json
+from skinspark.tasks import DX7, Task
 from skinspark.versions import package_versions
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def start_manifest(
         "reader": source.reader,  # None for a table: its pixels are stored
         "output": output,
         "model": model,
-        "columns": output_columns(source.labelled),
+        "columns": output_columns(source.labelled, source.labels),
         "error_columns": {ERROR_REASON: "a reason code, or null", ERROR: "'reason: message', or null"},
         "config": dataclasses.asdict(config),
         "versions": package_versions(),
@@ -68,25 +69,32 @@ def write_metrics(spark: SparkSession, output: str, metrics: dict) -> dict:
 
 def headline_figures(metrics: dict) -> dict:
     """The figures of one `classification_metrics` result that the manifest and summary show."""
+    from skinspark.metrics import operating_point
+
     figures = {key: metrics[key] for key in HEADLINE_KEYS}
-    melanoma = metrics["melanoma"] or {}
-    figures["melanoma"] = melanoma.get("at_threshold") or melanoma.get("at_argmax")
+    # melanoma's for a seven-diagnosis model, malignant's for a benign/malignant one
+    label, key, point = operating_point(metrics)
+    figures[key] = point
     figures["ece"] = metrics["calibration"]["ece"]
     return figures
 
 
-def labelled_metrics(spark: SparkSession, output: str, melanoma_threshold: float | None = None) -> dict:
+def labelled_metrics(
+    spark: SparkSession, output: str, threshold: float | None = None, task: Task = DX7
+) -> dict:
     """classification_metrics per split and over all rows with a label and a prediction.
 
-    Brings `split`, `label` and seven probabilities per labelled row to the driver (about 40 bytes a
-    row: a million rows is 40 MB); a labelled set is an evaluation set, not a whole archive.
+    Brings `split`, `label` and the probabilities of each labelled row to the driver (about 40 bytes a
+    row: a million rows is 40 MB); a labelled set is an evaluation set, not a whole archive. The table's
+    seven-class labels are mapped to `task`'s units (benign/malignant for such a model).
     """
     from skinspark.metrics import classification_metrics
 
+    probabilities = list(task.prob_columns)
     rows = (
         spark.read.parquet(output)
         .where(F.col(ERROR_REASON).isNull() & F.col(schema.LABEL).isNotNull())
-        .select(schema.SPLIT, schema.LABEL, *schema.PROB_COLUMNS)
+        .select(schema.SPLIT, schema.LABEL, *probabilities)
         .toPandas()
     )
     if rows.empty:
@@ -97,20 +105,24 @@ def labelled_metrics(spark: SparkSession, output: str, melanoma_threshold: float
     for name, group in groups:
         if not group.empty:
             metrics[name] = classification_metrics(
-                group[schema.LABEL].to_numpy(),
-                group[list(schema.PROB_COLUMNS)].to_numpy(),
-                melanoma_threshold=melanoma_threshold,
+                task.map_labels(group[schema.LABEL].to_numpy()),
+                group[probabilities].to_numpy(),
+                task.labels,
+                threshold,
             )
     return metrics
 
 
-def count_output(spark: SparkSession, output: str, chunks: int, first_new_chunk: int) -> dict:
-    """Counts over the whole output (aggregates only): rows, errors by reason, predictions per class."""
+def count_output(
+    spark: SparkSession, output: str, chunks: int, first_new_chunk: int, labels=schema.LABELS
+) -> dict:
+    """Counts over the whole output (aggregates only): rows, errors by reason, predictions per class
+    (per label of `labels`, the model's output units)."""
     table = spark.read.parquet(output)
     grouped = table.groupBy(ERROR_REASON, PREDICTED_DX).count().collect()
     rows, paths = table.agg(F.count("*"), F.count_distinct(PATH)).first()
     errors = {row[ERROR_REASON]: 0 for row in grouped if row[ERROR_REASON] is not None}
-    predicted = {label: 0 for label in schema.LABELS}
+    predicted = dict.fromkeys(labels, 0)
     for row in grouped:
         if row[ERROR_REASON] is not None:
             errors[row[ERROR_REASON]] += row["count"]
@@ -174,10 +186,12 @@ def _headline_line(figures: dict) -> str:
     def value(number):
         return "n/a" if number is None else f"{number:.3f}"
 
-    point = figures["melanoma"] or {"sensitivity": None, "specificity": None}
-    where = f"P(mel) >= {point['threshold']:.3f}" if "threshold" in point else "arg-max"
+    key = "malignant" if "malignant" in figures else "melanoma"
+    point = figures.get(key) or {"sensitivity": None, "specificity": None}
+    label = "malignant" if key == "malignant" else "mel"
+    where = f"P({label}) >= {point['threshold']:.3f}" if "threshold" in point else "arg-max"
     return (
-        f"macro AUC {value(figures['macro_auc'])}; melanoma sensitivity {value(point['sensitivity'])}, "
+        f"macro AUC {value(figures['macro_auc'])}; {key} sensitivity {value(point['sensitivity'])}, "
         f"specificity {value(point['specificity'])} ({where}); ECE {figures['ece']:.3f}"
     )
 
@@ -199,8 +213,10 @@ def summary(manifest: dict) -> str:
         )
         for reason, number in counts["errors_by_reason"].items():
             lines.append(f"    error {reason}: {number}")
-        lines.append("  predicted " + " ".join(f"{label:>6}" for label in schema.LABELS))
-        lines.append("            " + " ".join(f"{counts['predicted'][label]:>6}" for label in schema.LABELS))
+        predicted = counts["predicted"]
+        width = max(6, *(len(label) for label in predicted))
+        lines.append("  predicted " + " ".join(f"{label:>{width}}" for label in predicted))
+        lines.append("            " + " ".join(f"{number:>{width}}" for number in predicted.values()))
     workers = run.get("workers")
     if workers:
         lines.append(

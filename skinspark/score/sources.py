@@ -29,7 +29,7 @@ from skinspark.images import (
 if TYPE_CHECKING:
     from skinspark.score.chunks import Chunk
 
-from skinspark.score.columns import ERROR, ERROR_REASON, LABEL_COLUMNS, PATH, PREDICTION_FIELDS
+from skinspark.score.columns import ERROR, ERROR_REASON, LABEL_COLUMNS, PATH, prediction_fields
 from skinspark.score.predict import score_partition
 from skinspark.score.report import ScoreError
 
@@ -41,6 +41,7 @@ class Source:
 
     labelled = False
     reader: str | None = None  # who reads each file's bytes; None for stored pixels
+    labels: tuple[str, ...] = schema.LABELS  # the model's output units: the probability columns
 
     def listing(self) -> DataFrame:
         raise NotImplementedError
@@ -124,15 +125,15 @@ class ImageFiles(Source):
                 reader=self.reader,
                 **udf_args,
             ),
-            T.StructType([T.StructField(PATH, T.StringType(), False), *PREDICTION_FIELDS]),
+            T.StructType([T.StructField(PATH, T.StringType(), False), *prediction_fields(self.labels)]),
         )
         limit = f"file is %d bytes, over the {self.max_image_bytes:,}-byte limit (max_image_bytes)"
         rows = predictions.unionByName(
-            _error_rows(too_large, schema.REASON_TOO_LARGE, F.format_string(limit, "length"))
+            _error_rows(too_large, schema.REASON_TOO_LARGE, F.format_string(limit, "length"), self.labels)
         )
         if empty is not None:
             message = F.lit("file is empty (0 bytes)")
-            rows = rows.unionByName(_error_rows(empty, schema.REASON_EMPTY, message))
+            rows = rows.unionByName(_error_rows(empty, schema.REASON_EMPTY, message, self.labels))
         return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
 
     def complete_chunk(self, staging, chunk, done):
@@ -150,15 +151,15 @@ class ImageFiles(Source):
         listed = self._index().where(F.col(KEY).between(chunk.low, chunk.high)).select(PATH)
         gone = listed.join(written, PATH, "left_anti")
         message = F.lit("cannot read the file: listed, but gone or unreadable when it was read")
-        rows = _error_rows(gone, schema.REASON_UNREADABLE, message)
+        rows = _error_rows(gone, schema.REASON_UNREADABLE, message, self.labels)
         return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
 
 
-def _error_rows(files: DataFrame, reason: str, message: Column) -> DataFrame:
+def _error_rows(files: DataFrame, reason: str, message: Column, labels: Sequence[str]) -> DataFrame:
     """Rows for files that are never decoded: null predictions, the reason and 'reason: message'."""
     return files.select(
         PATH,
-        *[F.lit(None).cast(field.dataType).alias(field.name) for field in PREDICTION_FIELDS[:-2]],
+        *[F.lit(None).cast(field.dataType).alias(field.name) for field in prediction_fields(labels)[:-2]],
         F.lit(reason).alias(ERROR_REASON),
         F.concat(F.lit(f"{reason}: "), message).alias(ERROR),
     )
@@ -195,7 +196,7 @@ class Table(Source):
             functools.partial(
                 score_partition, data_column=schema.IMAGE, raw_pixels=True, passthrough=carried, **udf_args
             ),
-            T.StructType([*carried_fields, *PREDICTION_FIELDS]),
+            T.StructType([*carried_fields, *prediction_fields(self.labels)]),
         )
 
 
@@ -246,6 +247,7 @@ def open_source(
         _check_table_size(frame, spec)
         source = Table(frame)
         inputs = {"table": storage.qualify(spark, table)}
+    source.labels = tuple(spec["labels"])
     return source, inputs
 
 

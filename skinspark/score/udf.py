@@ -18,7 +18,7 @@ from skinspark.preprocess import ImageError
 from skinspark.score.columns import (
     PREDICTED_DX,
     PREDICTED_LABEL,
-    PREDICTION_STRUCT,
+    prediction_struct,
 )
 from skinspark.score.predict import WorkerModel, open_model, predict_frame
 from skinspark.score.report import ScoreError, check_precision
@@ -42,9 +42,9 @@ def predict_udf(
     units). The scoring job predicts with the same function (`predict_frame`).
 
     Returns:
-        A UDF returning a struct of `predicted_dx`, `confidence`, the 7 `prob_<label>` columns,
-        `error_reason` and `error` (predictions null and the reason set for a file that cannot be
-        read or decoded).
+        A UDF returning a struct of `predicted_dx`, `confidence`, one `prob_<label>` column per output
+        unit of the model's task (7 diagnoses, or `prob_benign` and `prob_malignant`), `error_reason`
+        and `error` (predictions null and the reason set for a file that cannot be read or decoded).
 
     Raises:
         ScoreError: no active session, a bad model directory, or an unknown precision.
@@ -60,7 +60,7 @@ def predict_udf(
     def skinspark_predict(values: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         yield from predict_series(values, model, batch_size)
 
-    return F.pandas_udf(skinspark_predict, PREDICTION_STRUCT)
+    return F.pandas_udf(skinspark_predict, prediction_struct(model.labels))
 
 
 def register_predict_udf(
@@ -81,6 +81,7 @@ def predict_series(
 ) -> Iterator[pd.DataFrame]:
     """The UDF's body: paths are read here, bytes taken as they are, `batch_size` rows at a time."""
     load = model.loader(model.worker_precision())
+    fields = prediction_struct(model.labels).fieldNames()
     for series in values:
         parts = []
         for start in range(0, len(series), batch_size):
@@ -93,15 +94,12 @@ def predict_series(
                 model.decoder,
                 CONTENT,
                 passthrough=(),
+                labels=model.labels,
             )
             labels = frame[PREDICTED_LABEL]
-            frame[PREDICTED_DX] = [None if pd.isna(label) else schema.LABELS[int(label)] for label in labels]
-            parts.append(frame[PREDICTION_STRUCT.fieldNames()])
-        yield (
-            pd.concat(parts, ignore_index=True)
-            if parts
-            else pd.DataFrame({name: [] for name in PREDICTION_STRUCT.fieldNames()})
-        )
+            frame[PREDICTED_DX] = [None if pd.isna(label) else model.labels[int(label)] for label in labels]
+            parts.append(frame[fields])
+        yield pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({name: [] for name in fields})
 
 
 def _udf_contents(values: pd.Series) -> list:

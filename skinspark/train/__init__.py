@@ -53,9 +53,10 @@ from pyspark.sql import SparkSession
 
 from skinspark import precision, schema, session, storage
 from skinspark.config import TrainConfig
-from skinspark.metrics import baselines, classification_metrics, melanoma_threshold
+from skinspark.metrics import baselines, classification_metrics, operating_threshold
 from skinspark.model import WeightsError, build_model, min_input_size, resolve_weights
 from skinspark.model_dir import local_path
+from skinspark.tasks import get_task
 from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
 from skinspark.train.checkpoints import CHECKPOINTS, latest_checkpoint, restore_checkpoint, write_checkpoint
 from skinspark.train.data import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split
@@ -144,7 +145,7 @@ def train(
     latest = _previous_run(directory, model_dir, resume)
     initial_epoch, history_rows = (latest[0], latest[2]["history"]) if latest is not None else (0, [])
     with precision.policy(precision.FLOAT32):  # the saved model is float32; each user picks its own
-        model = build_model(config.model, run["input_shape"], schema.NUM_CLASSES, config.dropout)
+        model = build_model(config.model, run["input_shape"], run["task"].num_classes, config.dropout)
     ranks: list[dict] = []
     train_seconds = 0.0
     if initial_epoch < config.epochs:
@@ -210,15 +211,23 @@ def _plan_run(spark: SparkSession, config: TrainConfig, ingest_manifest: dict, d
         weights = resolve_weights(config.model, config.weights)
     except WeightsError as error:
         raise TrainInputError(str(error)) from error
-    by_class = splits["train"]["by_class"]
-    weighting = class_weights(by_class, config.class_weight) if config.balance == "class_weight" else None
-    repeats = oversample_repeats(by_class, config.oversample_to) if config.balance == "oversample" else None
+    task = get_task(config.task)
+    by_class = task.class_counts(splits["train"]["by_class"])  # per output unit of the task
+    weighting = (
+        class_weights(by_class, config.class_weight, task.labels)
+        if config.balance == "class_weight"
+        else None
+    )
+    repeats = (
+        oversample_repeats(by_class, config.oversample_to, task.labels)
+        if config.balance == "oversample"
+        else None
+    )
     epoch_images = rows["train"]
     if repeats is not None:  # an epoch is the oversampled split: every image times its class's repeats
-        epoch_images = sum(
-            int(by_class.get(label, 0)) * repeats[index] for index, label in enumerate(schema.LABELS)
-        )
+        epoch_images = sum(by_class[label] * repeats[index] for index, label in enumerate(task.labels))
     return {
+        "task": task,
         "backend": backend,
         "input_shape": input_shape,
         "weights": weights,
@@ -254,17 +263,19 @@ def _finish(
     evaluated_in = precision.resolve(config.precision)
     evaluator = precision.in_precision(model, evaluated_in)
     # The melanoma operating point is fixed on the validation split, then reported on the test split.
-    validation = read_split(f"{data_url}/split=val", height, width, workers=config.workers_per_rank)
+    task = run["task"]
+    validation = read_split(f"{data_url}/split=val", height, width, config.workers_per_rank, task.label_map)
     validation_probabilities = evaluator.predict(validation["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
-    threshold = melanoma_threshold(validation["label"], validation_probabilities)
-    test = read_split(f"{data_url}/split=test", height, width, workers=config.workers_per_rank)
+    threshold = operating_threshold(validation["label"], validation_probabilities, task.labels)
+    test = read_split(f"{data_url}/split=test", height, width, config.workers_per_rank, task.label_map)
     probabilities = evaluator.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
-    test_metrics = classification_metrics(test["label"], probabilities, melanoma_threshold=threshold)
+    test_metrics = classification_metrics(test["label"], probabilities, task.labels, threshold)
+    test_metrics["task"] = task.name
     test_metrics["baselines"] = baselines(test["label"])
     fold = fold_fields(ingest_manifest)
     if fold:  # a cross-validation fold: its validation fold's metrics too, which the folds' mean uses
         validation_metrics = classification_metrics(
-            validation["label"], validation_probabilities, melanoma_threshold=threshold
+            validation["label"], validation_probabilities, task.labels, threshold
         )
         validation_metrics["baselines"] = baselines(validation["label"])
         test_metrics["validation"] = validation_metrics
@@ -277,6 +288,8 @@ def _finish(
         "data": data_url,
         "model_dir": str(directory),
         "model": config.model,
+        "task": task.name,
+        "labels": list(task.labels),
         "backend": run["backend"],
         "parameters": int(model.count_params()),
         "num_proc": run["num_proc"],
@@ -293,12 +306,10 @@ def _finish(
             "trained_in": sorted({rank["precision"] for rank in run["ranks"]}),
             "evaluated_in": evaluated_in,
         },
-        "class_weight": {schema.LABELS[index]: weight for index, weight in weights.items()},
+        "class_weight": {task.labels[index]: weight for index, weight in weights.items()},
         "balance": config.balance,
         "oversample_repeats": (
-            {schema.LABELS[index]: count for index, count in run["repeats"].items()}
-            if run["repeats"]
-            else None
+            {task.labels[index]: count for index, count in run["repeats"].items()} if run["repeats"] else None
         ),
         "training_seconds": round(run["training_seconds"], 3),
         "images_per_second": round(float(trained["images_per_second"].mean()), 1) if len(trained) else None,
@@ -311,7 +322,7 @@ def _finish(
     outputs = {
         "metrics": test_metrics,
         "history": history,
-        "predictions": prediction_frame(test, probabilities),
+        "predictions": prediction_frame(test, probabilities, task),
     }
-    write_outputs(directory, model, ingest_manifest, config_yaml, outputs, manifest)
+    write_outputs(directory, model, ingest_manifest, config_yaml, outputs, manifest, task)
     return TrainResult(str(directory), manifest, test_metrics, history, model)

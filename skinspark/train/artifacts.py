@@ -16,6 +16,7 @@ from skinspark import metrics as metrics_module
 from skinspark import schema
 from skinspark.manifest import MANIFEST_FILE, JobResult, write_json_atomic
 from skinspark.model_dir import save_model_dir
+from skinspark.tasks import DX7, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +33,11 @@ class TrainResult(JobResult):
         return self.output
 
 
-def prediction_frame(test: dict[str, np.ndarray], probabilities: np.ndarray) -> pd.DataFrame:
-    """One row per test image: its id, label, predicted label and the seven probabilities."""
+def prediction_frame(
+    test: dict[str, np.ndarray], probabilities: np.ndarray, task: Task = DX7
+) -> pd.DataFrame:
+    """One row per test image: its id, label and predicted label (the task's unit indices) and one
+    probability per unit."""
     frame = pd.DataFrame(
         {
             schema.IMAGE_ID: test["image_id"],
@@ -41,13 +45,19 @@ def prediction_frame(test: dict[str, np.ndarray], probabilities: np.ndarray) -> 
             "predicted": probabilities.argmax(axis=1),
         }
     )
-    for index, column in enumerate(schema.PROB_COLUMNS):
+    for index, column in enumerate(task.prob_columns):
         frame[column] = probabilities[:, index]
     return frame
 
 
 def write_outputs(
-    directory: Path, model, ingest_manifest: dict, config_yaml: str, outputs: dict, manifest: dict
+    directory: Path,
+    model,
+    ingest_manifest: dict,
+    config_yaml: str,
+    outputs: dict,
+    manifest: dict,
+    task: Task = DX7,
 ) -> None:
     """Write the final artifacts into a staging folder and move them in, `_manifest.json` last.
 
@@ -59,7 +69,7 @@ def write_outputs(
     # whole; each artifact is moved in by an atomic rename instead.
     with tempfile.TemporaryDirectory(dir=directory, prefix=".staging-") as staging_name:
         staging = Path(staging_name)
-        save_model_dir(model, str(staging), ingest_manifest, config_yaml)
+        save_model_dir(model, str(staging), ingest_manifest, config_yaml, task)
         test_metrics = outputs["metrics"]
         write_json_atomic(staging / "metrics.json", test_metrics)
         outputs["history"].to_csv(staging / "history.csv", index=False, float_format="%.9g")

@@ -58,11 +58,14 @@ def split_row_groups(url: str) -> list[tuple[object, int, int]]:
     return groups
 
 
-def read_split(url: str, height: int, width: int, workers: int = 1) -> dict[str, np.ndarray]:
+def read_split(
+    url: str, height: int, width: int, workers: int = 1, label_map: tuple[int, ...] | None = None
+) -> dict[str, np.ndarray]:
     """Read a whole (small) split: image (n, h, w, 3) uint8, label int32, image_id; sorted by image_id.
 
     Every row the split's Parquet footers count must arrive: a short read is an error, never a smaller
     validation or test set. `workers` is kept for callers' symmetry; pyarrow reads with its own threads.
+    With `label_map` (a task's, `skinspark.tasks.Task.label_map`) the labels are the task's units.
 
     Raises:
         ImageError: (a ValueError) an image whose byte length is not height * width * 3.
@@ -75,7 +78,8 @@ def read_split(url: str, height: int, width: int, workers: int = 1) -> dict[str,
     for piece, _, _ in groups:
         table = piece.to_table(columns=columns)
         images.append(stored_batch(table.column(schema.IMAGE).to_pylist(), height, width))
-        labels.append(table.column(schema.LABEL).to_numpy().astype(np.int32))
+        label = table.column(schema.LABEL).to_numpy().astype(np.int32)
+        labels.append(label if label_map is None else np.asarray(label_map, np.int32)[label])
         ids.append(np.asarray(table.column(schema.IMAGE_ID).to_pylist(), dtype=object))
     read, expected = sum(len(batch) for batch in ids), sum(rows for _, _, rows in groups)
     if read != expected:
@@ -134,6 +138,7 @@ def arrow_dataset(
     augment: bool,
     seed: int,
     repeats: dict[int, int] | None = None,
+    label_map: tuple[int, ...] | None = None,
 ):
     """`arrow_shard` as an endless tf.data pipeline of (uint8 images, int32 labels) batches, as
     `training_dataset` makes of a Petastorm reader; and the sharding."""
@@ -146,7 +151,7 @@ def arrow_dataset(
         ),
     )
     return _pixels(
-        rows, height, width, batch_size, shuffle_buffer, augment, seed + rank, None, repeats
+        rows, height, width, batch_size, shuffle_buffer, augment, seed + rank, None, repeats, label_map
     ), sharding
 
 
@@ -204,6 +209,7 @@ def training_dataset(
     seed: int,
     shard: tuple[int, int] | None = None,
     repeats: dict[int, int] | None = None,
+    label_map: tuple[int, ...] | None = None,
 ) -> tf.data.Dataset:
     """A Petastorm batch reader as an endless tf.data pipeline of (uint8 images, int32 labels) batches.
 
@@ -213,6 +219,7 @@ def training_dataset(
     Args:
         shard: (index, count) to keep every count-th row starting at index, or None to keep all.
         repeats: oversampling: {label: times each image of that label appears}, or None.
+        label_map: the table's label index -> the task's unit (`skinspark.tasks.Task.label_map`), or None.
     """
     from petastorm.tf_utils import make_petastorm_dataset
 
@@ -220,7 +227,7 @@ def training_dataset(
         return getattr(batch, schema.IMAGE), getattr(batch, schema.LABEL)
 
     rows = make_petastorm_dataset(reader).map(columns)
-    return _pixels(rows, height, width, batch_size, shuffle_buffer, augment, seed, shard, repeats)
+    return _pixels(rows, height, width, batch_size, shuffle_buffer, augment, seed, shard, repeats, label_map)
 
 
 def _pixels(
@@ -233,11 +240,14 @@ def _pixels(
     seed: int,
     shard: tuple[int, int] | None = None,
     repeats: dict[int, int] | None = None,
+    label_map: tuple[int, ...] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (raw image bytes, labels) as shuffled, optionally flipped, batches of pixels; with
-    `repeats`, each image appears its label's number of times (before the shuffle, so the copies of one
-    image spread over the shuffle buffer and each copy draws its own flips)."""
+    `label_map`, labels become the task's units; with `repeats` (keyed by those units), each image
+    appears its label's number of times (before the shuffle, so the copies of one image spread over the
+    shuffle buffer and each copy draws its own flips)."""
     size = stored_size(height, width)
+    units = tf.constant(list(label_map or range(schema.NUM_CLASSES)), tf.int32)
 
     def decode(raw, label):
         tf.debugging.assert_equal(
@@ -246,13 +256,13 @@ def _pixels(
             message=f"an image in the training split does not hold {height}x{width}x3 bytes",
         )
         pixels = tf.io.decode_raw(raw, tf.uint8)
-        return tf.reshape(pixels, (-1, height, width, 3)), tf.cast(label, tf.int32)
+        return tf.reshape(pixels, (-1, height, width, 3)), tf.gather(units, tf.cast(label, tf.int32))
 
     dataset = rows.map(decode).unbatch()
     if shard is not None:
         dataset = dataset.shard(shard[1], shard[0])
     if repeats is not None:
-        table = tf.constant([repeats.get(index, 1) for index in range(schema.NUM_CLASSES)], tf.int64)
+        table = tf.constant([repeats.get(index, 1) for index in range(max(repeats) + 1)], tf.int64)
         dataset = dataset.flat_map(
             lambda image, label: tf.data.Dataset.from_tensors((image, label)).repeat(tf.gather(table, label))
         )

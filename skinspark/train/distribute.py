@@ -101,7 +101,7 @@ def run_worker(strategy, plan, rank: int) -> dict:
 def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
     import tensorflow as tf
 
-    from skinspark import precision, schema
+    from skinspark import precision
     from skinspark.train.data import arrow_dataset, read_split
     from skinspark.train.worker import (
         EpochLog,
@@ -117,7 +117,7 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
     chosen = precision.resolve(plan.precision)  # this worker's own CPU decides
     precision.use(chosen)
     height, width, _ = plan.input_shape
-    validation = read_split(plan.val_url, height, width)
+    validation = read_split(plan.val_url, height, width, label_map=plan.label_map)
     watchdog.progress("reading the validation split")
     # The strategy averages gradients across workers: the rate scales with them, as with Horovod.
     scaled_lr = plan.learning_rate * size
@@ -142,8 +142,9 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
             plan.augment,
             plan.seed,
             plan.repeats,
+            plan.label_map,
         )
-        return dataset.map(_weighted(plan.class_weight, plan.label_smoothing, schema.NUM_CLASSES))
+        return dataset.map(_weighted(plan.class_weight, plan.label_smoothing, len(plan.labels)))
 
     dataset = strategy.distribute_datasets_from_function(shard)
     with tempfile.TemporaryDirectory(prefix="skinspark-scratch-checkpoints-") as scratch:

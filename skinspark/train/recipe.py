@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from skinspark import schema
 from skinspark.config import TrainConfig
 from skinspark.model import BACKBONES, MODELS
 from skinspark.precision import PRECISIONS
+from skinspark.tasks import TASKS
 
 CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
 BALANCE_MODES = ("class_weight", "oversample", "none")
@@ -21,6 +22,7 @@ def validate_config(config: TrainConfig) -> None:
     """Raise ValueError naming the first invalid training setting."""
     checks = [
         (config.model in MODELS, f"model must be one of {sorted(MODELS)}, got {config.model!r}"),
+        (config.task in TASKS, f"task must be one of {sorted(TASKS)}, got {config.task!r}"),
         (config.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}"),
         (
             config.gradient_compression == "none" or config.backend != "tf_distribute",
@@ -111,11 +113,13 @@ def resolve_backend(requested: str) -> str:
     return requested
 
 
-def oversample_repeats(counts: Mapping[str, int], target: int = 0) -> dict[int, int]:
+def oversample_repeats(
+    counts: Mapping[str, int], target: int = 0, labels: Sequence[str] = schema.LABELS
+) -> dict[int, int]:
     """How many times each training image of a class appears per epoch when oversampling: enough that
     the class reaches about `target` images (0: the largest class's count), never fewer than once.
 
-    Returns {label index: repeats} for every label (1 for a class absent from the split).
+    Returns {label index: repeats} for every label of `labels` (1 for a class absent from the split).
     """
     present = {label: int(count) for label, count in counts.items() if int(count) > 0}
     if not present:
@@ -123,11 +127,13 @@ def oversample_repeats(counts: Mapping[str, int], target: int = 0) -> dict[int, 
     goal = target or max(present.values())
     return {
         index: max(1, round(goal / present[label])) if label in present else 1
-        for index, label in enumerate(schema.LABELS)
+        for index, label in enumerate(labels)
     }
 
 
-def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int, float] | None:
+def class_weights(
+    counts: Mapping[str, int], mode: str = "balanced", labels: Sequence[str] = schema.LABELS
+) -> dict[int, float] | None:
     """Per-class loss weights from the train split's class counts.
 
     "balanced" is scikit-learn's `compute_class_weight('balanced')`: n_samples / (n_classes * count),
@@ -136,8 +142,9 @@ def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int
     range of 0.2-12 becomes about 0.5-4). "none" returns None.
 
     Args:
-        counts: {label: images} for the train split (labels of schema.LABELS).
+        counts: {label: images} for the train split.
         mode: "balanced", "sqrt" or "none".
+        labels: the task's output units (the keys of `counts` must be among them).
 
     Returns:
         {label index: weight} for every label, or None.
@@ -147,7 +154,7 @@ def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int
     """
     if mode not in CLASS_WEIGHT_MODES:
         raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {mode!r}")
-    unknown = set(counts) - set(schema.LABELS)
+    unknown = set(counts) - set(labels)
     if unknown:
         raise ValueError(f"unknown labels in class counts: {sorted(unknown)}")
     if any(int(count) < 0 for count in counts.values()):
@@ -163,4 +170,4 @@ def class_weights(counts: Mapping[str, int], mode: str = "balanced") -> dict[int
         roots = {label: math.sqrt(weight) for label, weight in balanced.items()}
         scale = total / sum(present[label] * root for label, root in roots.items())
         balanced = {label: root * scale for label, root in roots.items()}
-    return {index: balanced.get(label, 1.0) for index, label in enumerate(schema.LABELS)}
+    return {index: balanced.get(label, 1.0) for index, label in enumerate(labels)}

@@ -21,6 +21,7 @@ import tensorflow as tf
 from skinspark import precision, schema
 from skinspark.config import TrainConfig
 from skinspark.model import BACKBONES, build_model, set_trainable_layers
+from skinspark.tasks import get_task
 from skinspark.train.checkpoints import CHECKPOINTS, restore_checkpoint, write_checkpoint
 from skinspark.train.data import (
     EVAL_BATCH_SIZE,
@@ -52,6 +53,8 @@ class RankPlan:
     checkpoint_dir: str
     error_dir: str
     model_name: str
+    labels: tuple[str, ...]  # the task's output units
+    label_map: tuple[int, ...]  # the table's label index -> the task's unit
     weights: str | None  # a backbone's weights file (readable where the rank runs), or None: random
     input_shape: tuple[int, int, int]
     dropout: float
@@ -95,6 +98,8 @@ class RankPlan:
             checkpoint_dir=str(model_dir / CHECKPOINTS),
             error_dir=str(model_dir / ERRORS),
             model_name=config.model,
+            labels=get_task(config.task).labels,
+            label_map=get_task(config.task).label_map,
             dropout=config.dropout,
             epochs=config.epochs,
             batch_size=config.batch_size,
@@ -154,7 +159,10 @@ def fit_arguments(plan: RankPlan, phase: Phase, validation: dict, rank: int) -> 
         "steps_per_epoch": plan.steps_per_epoch,
         "epochs": phase.end,
         "initial_epoch": max(plan.initial_epoch, phase.start),
-        "validation_data": (validation["image"], targets(validation["label"], plan.label_smoothing)),
+        "validation_data": (
+            validation["image"],
+            targets(validation["label"], plan.label_smoothing, len(plan.labels)),
+        ),
         "validation_batch_size": EVAL_BATCH_SIZE,
         "verbose": 2 if rank == 0 else 0,
     }
@@ -278,7 +286,7 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     height, width, _ = plan.input_shape
     progress = watchdog.progress if watchdog is not None else (lambda where: None)
 
-    validation = read_split(plan.val_url, height, width, workers=plan.reader_workers)
+    validation = read_split(plan.val_url, height, width, plan.reader_workers, plan.label_map)
     progress("reading the validation split")
     phases = training_phases(plan)
     model, optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phases[0])
@@ -304,9 +312,10 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
             plan.seed + rank,
             shard,
             plan.repeats,
+            plan.label_map,
         )
         if plan.label_smoothing > 0:  # smoothing needs one-hot targets (class weights still apply)
-            dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, schema.NUM_CLASSES)))
+            dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, len(plan.labels))))
         for index, phase in enumerate(phases):
             if index > 0:  # fine-tuning: other trainable layers, a new optimizer at a lower rate
                 model, log.optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phase, model)
@@ -355,7 +364,7 @@ def compile_model(plan: RankPlan, learning_rate: float, wrap=None, model=None, t
     0: none, N: the top N)."""
     if model is None:
         model = build_model(
-            plan.model_name, tuple(plan.input_shape), schema.NUM_CLASSES, plan.dropout, weights=plan.weights
+            plan.model_name, tuple(plan.input_shape), len(plan.labels), plan.dropout, weights=plan.weights
         )
     if plan.model_name in BACKBONES:
         set_trainable_layers(model, trainable)
@@ -414,9 +423,9 @@ def loss(label_smoothing: float) -> tf.keras.losses.Loss:
     return tf.keras.losses.SparseCategoricalCrossentropy()
 
 
-def targets(labels: np.ndarray, label_smoothing: float) -> np.ndarray:
+def targets(labels: np.ndarray, label_smoothing: float, classes: int = schema.NUM_CLASSES) -> np.ndarray:
     """Integer labels as the loss of `loss(label_smoothing)` takes them."""
-    return np.eye(schema.NUM_CLASSES, dtype=np.float32)[labels] if label_smoothing > 0 else labels
+    return np.eye(classes, dtype=np.float32)[labels] if label_smoothing > 0 else labels
 
 
 class StepWarmup(tf.keras.callbacks.Callback):

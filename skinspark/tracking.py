@@ -105,7 +105,7 @@ def open_experiment(tracking_uri: str, experiment: str) -> str:
             deleted.
     """
     mlflow = import_mlflow()
-    with _reporting(tracking_uri):
+    with _reporting(f"the MLflow tracking store at {tracking_uri} cannot be used"):
         return _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
 
 
@@ -140,7 +140,7 @@ def log_training(
         "ranks": str(manifest["num_proc"]),
         "parameters": str(manifest["parameters"]),
     }
-    with _reporting(tracking_uri), _tracking_to(mlflow, tracking_uri):
+    with _reporting(f"logging to MLflow at {tracking_uri} failed"), _tracking_to(mlflow, tracking_uri):
         experiment_id = _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
         run_name = f"train {manifest['model']} {Path(result.model_dir).name}"
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
@@ -192,7 +192,7 @@ def log_scoring(spark, result, loaded: Loaded, tracking_uri: str, experiment: st
         "output": manifest["output"],
         "mode": manifest["run"]["mode"],
     }
-    with _reporting(tracking_uri), _tracking_to(mlflow, tracking_uri):
+    with _reporting(f"logging to MLflow at {tracking_uri} failed"), _tracking_to(mlflow, tracking_uri):
         experiment_id = _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
         run_name = f"score {Path(manifest['output']).name}"
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
@@ -344,8 +344,9 @@ def _read_or_none(spark, path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _reporting(tracking_uri: str) -> Iterator[None]:
-    """Turn any failure of MLflow into a one-line TrackingError naming the store."""
+def _reporting(what: str) -> Iterator[None]:
+    """Turn any failure of MLflow into a one-line TrackingError: `what` failed (naming the store), and
+    the error's type and first line."""
     try:
         yield
     except TrackingError:
@@ -353,7 +354,7 @@ def _reporting(tracking_uri: str) -> Iterator[None]:
     # MLflow's stores fail with errors of their own layers (MlflowException, requests' connection
     # errors, SQLAlchemy's, OSError for a file store): for the job every one means "not logged".
     except Exception as error:
-        raise TrackingError(f"logging to MLflow at {tracking_uri} failed: {typed_line(error)}") from error
+        raise TrackingError(f"{what}: {typed_line(error)}") from error
 
 
 @contextlib.contextmanager

@@ -2,10 +2,14 @@
 
     spark-submit jobs/train.py --data out/ham10000 --output out/model --epochs 25 --batch-size 32
     spark-submit jobs/train.py --data out/ham10000 --output out/model --backend tf_distribute
+    spark-submit jobs/train.py --data out/ham10000 --output out/model --mlflow sqlite:///mlflow.db \
+        --register-model skin-lesion-cnn
 
 Also `python jobs/train.py ...` and the console script `skinspark-train ...`. Ranks default to the
 application's task slots (default parallelism / spark.task.cpus). Exit codes: 0 done, 1 training
-failed (a rank's error is printed), 2 bad arguments or input.
+failed (a rank's error is printed) or the finished run could not be logged to MLflow (the model
+directory is complete), 2 bad arguments or input (MLflow missing or its store not reachable, checked
+before training).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinspark.cli import add_common_arguments, flag_values, run_job
+from skinspark import tracking
+from skinspark.cli import add_common_arguments, add_tracking_arguments, flag_values, log_run, run_job
 from skinspark.config import TrainConfig
 from skinspark.train import TrainError, TrainInputError, summary, train
 
@@ -86,6 +91,13 @@ def args_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "bfloat16"],
         help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the rank's CPU has the units",
     )
+    add_tracking_arguments(parser)
+    parser.add_argument(
+        "--register-model",
+        dest="mlflow_model_name",
+        metavar="NAME",
+        help="with --mlflow: register the logged model under NAME in MLflow's model registry",
+    )
     return add_common_arguments(parser)
 
 
@@ -105,15 +117,30 @@ def main(argv: list[str] | None = None) -> int:
         "augment",
         "seed",
         "precision",
+        "mlflow_tracking_uri",
+        "mlflow_experiment",
+        "mlflow_model_name",
     )
     flags = flag_values(args, names)
 
     def work(spark, loaded) -> int:
-        result = train(spark, args.data, args.output, loaded.job, loaded.to_yaml(), resume=args.resume)
+        config = loaded.job
+        if config.mlflow_tracking_uri:  # MLflow missing or its store away: say so before training, not after
+            tracking.open_experiment(config.mlflow_tracking_uri, config.mlflow_experiment)
+        result = train(spark, args.data, args.output, config, loaded.to_yaml(), resume=args.resume)
         print(summary(result))
-        return 0
+        if not config.mlflow_tracking_uri:
+            return 0
+        return log_run(
+            "train",
+            lambda: tracking.log_training(
+                result, loaded, config.mlflow_tracking_uri, config.mlflow_experiment, config.mlflow_model_name
+            ),
+            kept=f"the model directory {result.model_dir} is complete",
+        )
 
-    return run_job(args, "train", TrainConfig, flags, work, (TrainInputError, ValueError), (TrainError,))
+    input_errors = (TrainInputError, ValueError, tracking.TrackingError)
+    return run_job(args, "train", TrainConfig, flags, work, input_errors, (TrainError,))
 
 
 if __name__ == "__main__":

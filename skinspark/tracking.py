@@ -234,21 +234,26 @@ def epoch_metrics(history: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
 def metric_scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The numbers of one `skinspark.metrics.classification_metrics` result under flat names: the
     headline figures, `auc_<label>`, `ap_<label>` (average precision), `precision_/recall_/f1_/
-    support_<label>`, melanoma's `mel_threshold`, `mel_sensitivity`, `mel_specificity` (at the
-    validation split's threshold) and `mel_sensitivity_argmax`, `mel_specificity_argmax`, `ece`, and the
-    baselines; each name prefixed with `prefix`. Undefined figures (None: an AUC of a class absent from
-    the split) are left out."""
+    support_<label>` for each of its labels (the seven diagnoses, or benign and malignant), the operating
+    point's `mel_threshold`, `mel_sensitivity`, `mel_specificity` (at the validation split's threshold)
+    and `mel_sensitivity_argmax`, `mel_specificity_argmax` (`malignant_...` for a benign/malignant model,
+    with `malignant_f1`, `malignant_roc_auc`, `malignant_average_precision`), `ece`, and the baselines;
+    each name prefixed with `prefix`. Undefined figures (None: an AUC of a class absent from the split)
+    are left out."""
     values: dict[str, Any] = {key: metrics.get(key) for key in HEADLINE_METRICS}
-    for label in schema.LABELS:
+    for label in metrics.get("labels") or schema.LABELS:
         values[f"auc_{label}"] = (metrics.get("roc_auc") or {}).get(label)
         values[f"ap_{label}"] = (metrics.get("average_precision") or {}).get(label)
         for key, value in ((metrics.get("per_class") or {}).get(label) or {}).items():
             values[f"{key}_{label}"] = value
-    melanoma = metrics.get("melanoma") or {}
-    for key, value in (melanoma.get("at_threshold") or {}).items():
-        values[f"mel_{key}"] = value
-    for key, value in (melanoma.get("at_argmax") or {}).items():
-        values[f"mel_{key}_argmax"] = value
+    for short, section in (("mel", "melanoma"), ("malignant", "malignant")):
+        point = metrics.get(section) or {}
+        for key, value in (point.get("at_threshold") or {}).items():
+            values[f"{short}_{key}"] = value
+        for key, value in (point.get("at_argmax") or {}).items():
+            values[f"{short}_{key}_argmax"] = value
+        for key in ("f1", "roc_auc", "average_precision"):
+            values[f"{short}_{key}"] = point.get(key)
     values["ece"] = (metrics.get("calibration") or {}).get("ece")
     values.update(metrics.get("baselines") or {})
     return {f"{prefix}{name}": float(value) for name, value in values.items() if value is not None}

@@ -118,7 +118,7 @@ def test_metric_scalars_flatten_classification_metrics():
     rng = np.random.default_rng(3)
     labels = np.arange(40) % 6  # vasc (index 6) never occurs: its AUC is undefined
     probabilities = rng.dirichlet(np.ones(schema.NUM_CLASSES), size=labels.size)
-    figures = classification_metrics(labels, probabilities, melanoma_threshold=0.2)
+    figures = classification_metrics(labels, probabilities, threshold=0.2)
     scalars = tracking.metric_scalars(figures, prefix="test_")
     assert scalars["test_accuracy"] == figures["accuracy"]
     assert scalars["test_balanced_accuracy"] == figures["balanced_accuracy"]
@@ -131,6 +131,16 @@ def test_metric_scalars_flatten_classification_metrics():
     assert scalars["test_mel_sensitivity"] == at_threshold["sensitivity"]
     assert scalars["test_mel_specificity_argmax"] == figures["melanoma"]["at_argmax"]["specificity"]
     assert all(isinstance(value, float) for value in scalars.values())
+    # A benign/malignant model's figures: its two labels and the malignant operating point.
+    binary = classification_metrics(
+        labels % 2, np.stack([1 - probabilities[:, 0], probabilities[:, 0]], 1), ("benign", "malignant"), 0.3
+    )
+    scalars = tracking.metric_scalars(binary)
+    assert (
+        scalars["recall_malignant"] == binary["per_class"]["malignant"]["recall"] and "auc_mel" not in scalars
+    )
+    assert scalars["malignant_threshold"] == 0.3 and scalars["malignant_f1"] == binary["malignant"]["f1"]
+    assert scalars["malignant_roc_auc"] == binary["malignant"]["roc_auc"] and "mel_threshold" not in scalars
 
 
 def test_without_mlflow_the_flag_is_one_line_naming_the_extra(spark, tmp_path, monkeypatch, capsys):

@@ -2,11 +2,13 @@
 
     spark-submit jobs/score.py --model out/model --images archive/ --output out/predictions
 
-    spark-submit jobs/score.py --model out/model --table out/ham10000 --output out/test-scores
+    spark-submit jobs/score.py --model out/model --table out/ham10000 --output out/test-scores \
+        --mlflow sqlite:///mlflow.db
 
 Also `python jobs/score.py ...` and the console script `skinspark-score ...`. `--mode resume` scores
 only the files not already in the output. Exit codes: 0 done, 1 more error rows than
-max_bad_fraction (the rows are written), 2 bad arguments or input.
+max_bad_fraction (the rows are written) or the finished run could not be logged to MLflow, 2 bad
+arguments or input (MLflow missing or its store not reachable, checked before scoring).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinspark.cli import add_common_arguments, finish, flag_values, run_job
+from skinspark import tracking
+from skinspark.cli import add_common_arguments, add_tracking_arguments, finish, flag_values, log_run, run_job
 from skinspark.config import ScoreConfig
 from skinspark.score import ScoreError, score, summary
 
@@ -63,19 +66,24 @@ def args_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "bfloat16"],
         help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the CPU has the units",
     )
+    add_tracking_arguments(parser)
     return add_common_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    flags = flag_values(args, ("mode", "batch_size", "reader", "precision"))
+    names = ("mode", "batch_size", "reader", "precision", "mlflow_tracking_uri", "mlflow_experiment")
+    flags = flag_values(args, names)
 
     def work(spark, loaded) -> int:
+        config = loaded.job
+        if config.mlflow_tracking_uri:  # MLflow missing or its store away: say so before scoring, not after
+            tracking.open_experiment(config.mlflow_tracking_uri, config.mlflow_experiment)
         result = score(
             spark,
             args.model,
             args.output,
-            loaded.job,
+            config,
             images=args.images,
             table=args.table,
             config_text=loaded.to_yaml(),
@@ -83,9 +91,19 @@ def main(argv: list[str] | None = None) -> int:
             isic_csv=args.isic_csv,
             truth=args.truth,
         )
-        return finish("score", result, summary(result.manifest), "predictions")
+        code = finish("score", result, summary(result.manifest), "predictions")
+        if not config.mlflow_tracking_uri:
+            return code
+        logged = log_run(
+            "score",
+            lambda: tracking.log_scoring(
+                spark, result, loaded, config.mlflow_tracking_uri, config.mlflow_experiment
+            ),
+            kept=f"the predictions in {result.output} are written",
+        )
+        return code or logged
 
-    return run_job(args, "score", ScoreConfig, flags, work, (ScoreError, ValueError))
+    return run_job(args, "score", ScoreConfig, flags, work, (ScoreError, ValueError, tracking.TrackingError))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
     spark-submit jobs/train.py --data out/ham10000 --output out/model --epochs 25 --batch-size 32
     spark-submit jobs/train.py --data out/ham10000 --output out/model --backend tf_distribute
     spark-submit jobs/train.py --data out/ham10000-folds --output out/cv --cross-validate
+    spark-submit jobs/train.py --data out/ham10000 --output out/model --mlflow sqlite:///mlflow.db \
+        --register-model skin-lesion-cnn
 
 Also `python jobs/train.py ...` and the console script `skinspark-train ...`. Ranks default to the
 application's task slots (default parallelism / spark.task.cpus). Exit codes: 0 done, 1 training
-failed (a rank's error is printed), 2 bad arguments or input.
+failed (a rank's error is printed) or the finished run could not be logged to MLflow (the model
+directory is complete), 2 bad arguments or input (MLflow missing or its store not reachable, checked
+before training).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinspark.cli import add_common_arguments, flag_values, run_job
+from skinspark import tracking
+from skinspark.cli import add_common_arguments, add_tracking_arguments, flag_values, log_run, run_job
 from skinspark.config import TrainConfig
 from skinspark.train import TrainError, TrainInputError, summary, train
 from skinspark.train.cross_validation import cross_validate
@@ -102,6 +107,13 @@ def args_parser() -> argparse.ArgumentParser:
         help="a table ingested with --folds: train every fold into MODEL_DIR/fold-k and write each "
         "metric's mean and standard deviation (cross_validation.json, .csv)",
     )
+    add_tracking_arguments(parser)
+    parser.add_argument(
+        "--register-model",
+        dest="mlflow_model_name",
+        metavar="NAME",
+        help="with --mlflow: register the logged model under NAME in MLflow's model registry",
+    )
     return add_common_arguments(parser)
 
 
@@ -123,27 +135,42 @@ def main(argv: list[str] | None = None) -> int:
         "precision",
         "fold",
         "cross_validate",
+        "mlflow_tracking_uri",
+        "mlflow_experiment",
+        "mlflow_model_name",
     )
     flags = flag_values(args, names)
 
     def work(spark, loaded) -> int:
-        if loaded.job.cross_validate:
+        config = loaded.job
+        if config.mlflow_tracking_uri:  # MLflow missing or its store away: say so before training, not after
+            tracking.open_experiment(config.mlflow_tracking_uri, config.mlflow_experiment)
+        if config.cross_validate:
             folds = cross_validate(
                 spark,
                 args.data,
                 args.output,
-                loaded.job,
+                config,
                 loaded.to_yaml(),
                 args.resume,
                 on_fold=lambda result: print(summary(result), flush=True),
             )
             print(cross_validation_summary(folds))
             return 0
-        result = train(spark, args.data, args.output, loaded.job, loaded.to_yaml(), resume=args.resume)
+        result = train(spark, args.data, args.output, config, loaded.to_yaml(), resume=args.resume)
         print(summary(result))
-        return 0
+        if not config.mlflow_tracking_uri:
+            return 0
+        return log_run(
+            "train",
+            lambda: tracking.log_training(
+                result, loaded, config.mlflow_tracking_uri, config.mlflow_experiment, config.mlflow_model_name
+            ),
+            kept=f"the model directory {result.model_dir} is complete",
+        )
 
-    return run_job(args, "train", TrainConfig, flags, work, (TrainInputError, ValueError), (TrainError,))
+    input_errors = (TrainInputError, ValueError, tracking.TrackingError)
+    return run_job(args, "train", TrainConfig, flags, work, input_errors, (TrainError,))
 
 
 if __name__ == "__main__":

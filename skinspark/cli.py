@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 from skinspark.config import ConfigError, Loaded, load_config, parse_overrides
 from skinspark.manifest import JobResult
 from skinspark.session import build_session, stop_session
+from skinspark.tracking import TrackedRun, TrackingError
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -100,6 +101,33 @@ def finish(job: str, result: JobResult, summary: str, label: str) -> int:
     return 0
 
 
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--mlflow URI` and `--mlflow-experiment NAME`, the flags of the config keys `mlflow_tracking_uri`
+    and `mlflow_experiment`."""
+    parser.add_argument(
+        "--mlflow",
+        dest="mlflow_tracking_uri",
+        metavar="URI",
+        help="log the finished run to this MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, ...); "
+        "needs the tracking extra: pip install 'skinspark[tracking]'",
+    )
+    parser.add_argument(
+        "--mlflow-experiment", metavar="NAME", help="the MLflow experiment to log into (default skinspark)"
+    )
+    return parser
+
+
+def log_run(job: str, log: Callable[[], TrackedRun], kept: str) -> int:
+    """Report a finished job's run to MLflow with `log()` and print where it went (exit 0); when that
+    fails, one line that says so and what is `kept` (exit 1): the job's own output stands."""
+    try:
+        tracked = log()
+    except TrackingError as error:
+        return fail(job, f"{error} ({kept}; only the MLflow run is missing)", code=1)
+    print(tracked.summary())
+    return 0
+
+
 def fail(job: str, message: str, code: int = 2) -> int:
     """Print one clear line to stderr and return the exit code."""
     print(f"{job}: error: {message}", file=sys.stderr)
@@ -109,10 +137,12 @@ def fail(job: str, message: str, code: int = 2) -> int:
 __all__ = [
     "ConfigError",
     "add_common_arguments",
+    "add_tracking_arguments",
     "fail",
     "finish",
     "flag_values",
     "job_session",
+    "log_run",
     "resolve_config",
     "run_job",
 ]

@@ -3,7 +3,9 @@
 Each job has a frozen dataclass of defaults. `load_config` layers, in order: the dataclass defaults,
 the job's file under `conf/` (or the one given with `--config`), then overrides (`--conf key=value`
 and explicit command-line flags). Keys that start with `spark.` are Spark settings and go to the
-session; any other key must be a field of the job's config, or loading fails naming the key.
+session; any other key must be a field of the job's config, or loading fails naming the key. A key
+`section.name` (an override, or `name:` under a `section:` mapping in the file) is the field
+`section_name`: `mlflow.tracking_uri` and `mlflow: {tracking_uri: ...}` both set `mlflow_tracking_uri`.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ class TrainConfig:
     # fold into MODEL_DIR/fold-k and reports each metric's mean and standard deviation over the folds
     fold: int = -1
     cross_validate: bool = False
+    # Experiment tracking (the `tracking` extra): after a successful run, log it to this MLflow tracking
+    # URI (sqlite:///mlflow.db, http://host:5000, ...); "" logs nothing and never imports MLflow.
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "skinspark"
+    mlflow_model_name: str = ""  # register the logged model under this name; "": log it, register nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +116,8 @@ class ScoreConfig:
     open_cost_bytes: int = 8192  # Spark's per-file open cost; its 4 MB default makes tiny tasks
     reader: str = "auto"  # as IngestConfig.reader: who reads each file's bytes
     precision: str = "auto"  # float32, bfloat16, or auto: bfloat16 where the worker's CPU has the units
+    mlflow_tracking_uri: str = ""  # as TrainConfig's: log the finished run's counts and metrics there
+    mlflow_experiment: str = "skinspark"
 
 
 JOB_CONFIGS: dict[str, type] = {"ingest": IngestConfig, "train": TrainConfig, "score": ScoreConfig}
@@ -196,15 +205,31 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge(cls: type, values: dict, spark: dict, new: Mapping[str, Any], source: str) -> None:
     fields = {field.name: field for field in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    for key, raw in new.items():
+    for key, raw in _flatten(new).items():
         if key.startswith("spark."):
             spark[key] = str(raw)
             continue
-        name = key.replace("-", "_")
+        name = key.replace("-", "_").replace(".", "_")
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key {key!r} in {source} for {cls.__name__} (known: {known})")
         values[name] = _coerce(hints[name], raw, key, source)
+
+
+def _flatten(new: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Keys of nested mappings (a file's `mlflow:` section) as dotted keys (`mlflow.tracking_uri`).
+
+    No field holds a mapping, so a mapping value is always a section; the dotted key then maps to a
+    field like an override's does, and an unknown one is reported under the name the file gave it.
+    """
+    flat: dict[str, Any] = {}
+    for key, raw in new.items():
+        name = f"{prefix}{key}"
+        if isinstance(raw, Mapping):
+            flat.update(_flatten(raw, prefix=f"{name}."))
+        else:
+            flat[name] = raw
+    return flat
 
 
 def _coerce(hint: Any, raw: Any, key: str, source: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from skinspark.config import ConfigError, IngestConfig, TrainConfig, load_config, parse_overrides
+from skinspark.config import ConfigError, IngestConfig, ScoreConfig, TrainConfig, load_config, parse_overrides
 
 
 def test_defaults_when_nothing_given(tmp_path):
@@ -71,3 +71,37 @@ def test_parse_overrides_rejects_items_without_equals():
     assert parse_overrides(["a=1", " b = x=y "]) == {"a": "1", "b": "x=y"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_a_section_in_the_file_and_a_dotted_override_name_the_same_field(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("epochs: 3\nmlflow:\n  tracking_uri: sqlite:///runs.db\n  experiment: lesions\n")
+    loaded = load_config(TrainConfig, path)
+    assert (loaded.job.mlflow_tracking_uri, loaded.job.mlflow_experiment) == ("sqlite:///runs.db", "lesions")
+    assert loaded.job.epochs == 3 and loaded.job.mlflow_model_name == ""
+    overridden = load_config(TrainConfig, path, {"mlflow.experiment": "other", "mlflow.model-name": "cnn"})
+    assert overridden.job.mlflow_experiment == "other"  # the override beats the file's section
+    assert overridden.job.mlflow_model_name == "cnn"
+    assert overridden.job.mlflow_tracking_uri == "sqlite:///runs.db"
+    # The resolved config is written flat, and reads back the same.
+    again = tmp_path / "resolved.yaml"
+    again.write_text(overridden.to_yaml())
+    assert "mlflow_experiment: other" in again.read_text()
+    assert load_config(TrainConfig, again).job == overridden.job
+
+
+def test_an_unknown_key_in_a_section_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("mlflow:\n  trackin_uri: sqlite:///runs.db\n")
+    with pytest.raises(ConfigError, match="'mlflow.trackin_uri'.*train.yaml"):
+        load_config(TrainConfig, path)
+    with pytest.raises(ConfigError, match="'mlflow.registry'"):
+        load_config(TrainConfig, None, {"mlflow.registry": "x"})
+    with pytest.raises(ConfigError, match="'mlflow.model_name'.*ScoreConfig"):  # scoring registers no model
+        load_config(ScoreConfig, None, {"mlflow.model_name": "x"})
+
+
+def test_the_shipped_files_leave_tracking_off():
+    for cls, job in ((TrainConfig, "train"), (ScoreConfig, "score")):
+        loaded = load_config(cls, None, {}, job=job)
+        assert loaded.job.mlflow_tracking_uri == "" and loaded.job.mlflow_experiment == "skinspark"

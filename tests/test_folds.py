@@ -244,6 +244,10 @@ def test_train_fold_needs_a_table_with_folds(spark, source, folded, tmp_path, ca
     assert "fold 5 is not a fold of" in capsys.readouterr().err
     assert train_job.main(["--data", str(folded), *arguments, "--fold", "0", "--cross-validate"]) == 2
     assert "fold 0 and cross_validate exclude each other" in capsys.readouterr().err
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert train_job.main(["--data", str(folded), *arguments, "--cross-validate", "--mlflow", store]) == 2
+    assert "MLflow tracking logs one training run, not a cross-validation" in capsys.readouterr().err
+    assert not (tmp_path / "model" / "fold-0").exists()
 
 
 # --------------------------------------------------------------------------------------------------

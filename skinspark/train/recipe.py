@@ -70,6 +70,11 @@ def validate_config(config: TrainConfig) -> None:
             config.fold == -1 or not config.cross_validate,
             f"fold {config.fold} and cross_validate exclude each other: cross_validate trains every fold",
         ),
+        (
+            not (config.cross_validate and config.mlflow_tracking_uri),
+            "MLflow tracking logs one training run, not a cross-validation: track a fold with --fold k "
+            "and --mlflow, or cross-validate without --mlflow",
+        ),
         (config.shuffle_buffer >= 1, f"shuffle_buffer must be at least 1, got {config.shuffle_buffer}"),
         (config.stall_timeout_s >= 1, f"stall_timeout_s must be at least 1, got {config.stall_timeout_s}"),
         (config.workers_per_rank >= 1, f"workers_per_rank must be at least 1, got {config.workers_per_rank}"),

@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Before any test module imports TensorFlow: skinspark picks tf-keras (Keras 2) for `tf.keras` where it
+# is installed (the modern stack), and TensorFlow reads that choice when it is first imported.
+import skinspark  # noqa: E402, F401
 
 # Horovod and Petastorm are on the pinned stack only (`make setup STACK=modern` has neither).
 needs_horovod = pytest.mark.skipif(

@@ -146,17 +146,25 @@ def main(argv: list[str] | None = None) -> int:
         if config.mlflow_tracking_uri:  # MLflow missing or its store away: say so before training, not after
             tracking.open_experiment(config.mlflow_tracking_uri, config.mlflow_experiment)
         if config.cross_validate:
+            trained = []
+
+            def on_fold(result) -> None:
+                print(summary(result), flush=True)
+                trained.append(result)
+
             folds = cross_validate(
-                spark,
-                args.data,
-                args.output,
-                config,
-                loaded.to_yaml(),
-                args.resume,
-                on_fold=lambda result: print(summary(result), flush=True),
+                spark, args.data, args.output, config, loaded.to_yaml(), args.resume, on_fold=on_fold
             )
             print(cross_validation_summary(folds))
-            return 0
+            if not config.mlflow_tracking_uri:
+                return 0
+            return log_run(
+                "train",
+                lambda: tracking.log_cross_validation(
+                    folds, trained, loaded, config.mlflow_tracking_uri, config.mlflow_experiment
+                ),
+                kept=f"the cross-validation in {folds.output} is complete",
+            )
         result = train(spark, args.data, args.output, config, loaded.to_yaml(), resume=args.resume)
         print(summary(result))
         if not config.mlflow_tracking_uri:

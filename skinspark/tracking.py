@@ -43,6 +43,8 @@ TRAINING_ARTIFACTS = (
     "confusion_matrix.png",
     "reliability_diagram.png",
 )
+# A cross-validation's records (skinspark.train.cross_validation's RESULT_JSON and RESULT_CSV).
+CROSS_VALIDATION_JSON, CROSS_VALIDATION_CSV = "cross_validation.json", "cross_validation.csv"
 SCORING_METRICS_FILE = "_metrics.json"  # skinspark.score.METRICS_FILE (a stage's internals stay its own)
 # The headline figures of one `classification_metrics` result, logged under these names.
 HEADLINE_METRICS = (
@@ -154,6 +156,60 @@ def log_training(
                     mlflow.log_artifact(str(Path(result.model_dir) / name))
             model = _log_model(mlflow, result.model, result.model_dir, model_name)
         return _tracked(run, experiment, tracking_uri, model, model_name)
+
+
+def log_cross_validation(
+    result, folds: list, loaded: Loaded, tracking_uri: str, experiment: str
+) -> TrackedRun:
+    """Log a finished cross-validation to MLflow: each fold trained by this run as a run of its own
+    (`log_training`, its model logged but not registered: K models of one name are no release), then
+    one run for the whole with each metric's mean and standard deviation over the folds
+    (`mean_validation_balanced_accuracy`, `std_test_macro_auc`, ...), the folds' run ids as tags and
+    `cross_validation.json`/`.csv` as artifacts.
+
+    Args:
+        result: the `skinspark.train.cross_validation.CrossValidationResult`.
+        folds: the TrainResult of each fold trained by this run (a resumed run skips complete folds,
+            which their own run logged).
+        loaded, tracking_uri, experiment: as for `log_training`.
+
+    Returns:
+        TrackedRun of the whole.
+
+    Raises:
+        TrackingError: MLflow is missing, or the store failed.
+    """
+    mlflow = import_mlflow()
+    fold_runs = {
+        str(fold.manifest["fold"]): log_training(fold, loaded, tracking_uri, experiment).run_id
+        for fold in folds
+    }
+    record = result.manifest
+    metrics = {
+        f"{kind}_{subset}_{metric}": float(value)
+        for kind in ("mean", "std")
+        for subset, figures in record[kind].items()
+        for metric, value in figures.items()
+        if value is not None
+    }
+    tags = {
+        "job": "cross_validate",
+        "model": record["model"],
+        "data": record["data"],
+        "model_dir": record["model_dir"],
+        "folds": str(record["folds"]),
+        **{f"fold_{fold}_run_id": run_id for fold, run_id in fold_runs.items()},
+    }
+    with _reporting(f"logging to MLflow at {tracking_uri} failed"), _tracking_to(mlflow, tracking_uri):
+        experiment_id = _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
+        run_name = f"cross-validate {record['model']} {Path(result.output).name}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+            mlflow.log_params(config_params(loaded))
+            mlflow.log_metrics(metrics)
+            for name in (CROSS_VALIDATION_JSON, CROSS_VALIDATION_CSV):
+                if (Path(result.output) / name).is_file():
+                    mlflow.log_artifact(str(Path(result.output) / name))
+        return _tracked(run, experiment, tracking_uri)
 
 
 def log_scoring(spark, result, loaded: Loaded, tracking_uri: str, experiment: str) -> TrackedRun:
@@ -301,10 +357,11 @@ def _log_model(mlflow, model, model_dir: str, model_name: str):
     from mlflow.types.schema import Schema, TensorSpec
 
     spec = json.loads((Path(model_dir) / "preprocessing.json").read_text())
+    labels = json.loads((Path(model_dir) / "labels.json").read_text())["labels"]  # the task's units
     shape = (-1, int(spec["height"]), int(spec["width"]), int(spec["channels"]))
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(spec["input_dtype"]), shape)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, schema.NUM_CLASSES))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)))]),
     )
     return mlflow.tensorflow.log_model(
         model,

@@ -245,8 +245,9 @@ def test_train_fold_needs_a_table_with_folds(spark, source, folded, tmp_path, ca
     assert train_job.main(["--data", str(folded), *arguments, "--fold", "0", "--cross-validate"]) == 2
     assert "fold 0 and cross_validate exclude each other" in capsys.readouterr().err
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert train_job.main(["--data", str(folded), *arguments, "--cross-validate", "--mlflow", store]) == 2
-    assert "MLflow tracking logs one training run, not a cross-validation" in capsys.readouterr().err
+    arguments += ["--mlflow", store, "--register-model", "skin"]
+    assert train_job.main(["--data", str(folded), *arguments, "--cross-validate"]) == 2
+    assert "a cross-validation trains one model per fold: register one of them" in capsys.readouterr().err
     assert not (tmp_path / "model" / "fold-0").exists()
 
 
@@ -265,11 +266,15 @@ def _fold_rows(table: Path, fold: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_cross_validate_trains_every_fold_and_reports_mean_and_std(backend, folded, tmp_path, capsys):
+def test_cross_validate_trains_every_fold_and_reports_mean_and_std(
+    backend, folded, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its runs' artifacts under ./mlruns
     model_dir = tmp_path / "cv"
     arguments = ["--data", str(folded), "--output", str(model_dir), "--epochs", "1", "--backend", backend]
     arguments += ["--num-proc", "2", "--batch-size", "16", "--cross-validate"]
-    assert train_job.main(arguments) == 0
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert train_job.main([*arguments, "--mlflow", store]) == 0
     out = capsys.readouterr().out
     source_manifest = _manifest(folded)
     fold_sizes = source_manifest["counts"]["folds"]
@@ -323,6 +328,23 @@ def test_cross_validate_trains_every_fold_and_reports_mean_and_std(backend, fold
     mean = record["mean"]["validation"]["accuracy"]
     std = record["std"]["validation"]["accuracy"]
     assert any(line.strip().startswith("mean ± std") and f"{mean:.3f} ± {std:.3f}" in line for line in lines)
+
+    # MLflow holds a run per fold and one for the whole, whose metrics are the mean and std above.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("skinspark").experiment_id
+    runs = client.search_runs([experiment])
+    (whole,) = (run for run in runs if run.data.tags["job"] == "cross_validate")
+    assert len(runs) == 3 and whole.data.tags["folds"] == "2"
+    assert whole.data.metrics["mean_validation_accuracy"] == pytest.approx(
+        record["mean"]["validation"]["accuracy"]
+    )
+    assert whole.data.metrics["std_test_macro_f1"] == pytest.approx(record["std"]["test"]["macro_f1"])
+    for fold, manifest in enumerate(manifests):
+        fold_run = client.get_run(whole.data.tags[f"fold_{fold}_run_id"])
+        assert fold_run.data.metrics["test_accuracy"] == pytest.approx(manifest["test"]["accuracy"])
+    assert {item.path for item in client.list_artifacts(whole.info.run_id)} >= {RESULT_JSON, RESULT_CSV}
 
     # --resume skips a complete fold and finishes an interrupted one from its checkpoint.
     (model_dir / "fold-1" / "_manifest.json").unlink()

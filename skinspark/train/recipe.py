@@ -71,9 +71,9 @@ def validate_config(config: TrainConfig) -> None:
             f"fold {config.fold} and cross_validate exclude each other: cross_validate trains every fold",
         ),
         (
-            not (config.cross_validate and config.mlflow_tracking_uri),
-            "MLflow tracking logs one training run, not a cross-validation: track a fold with --fold k "
-            "and --mlflow, or cross-validate without --mlflow",
+            not (config.cross_validate and config.mlflow_model_name),
+            "a cross-validation trains one model per fold: register one of them with --fold k and "
+            "--register-model, or cross-validate without --register-model",
         ),
         (config.shuffle_buffer >= 1, f"shuffle_buffer must be at least 1, got {config.shuffle_buffer}"),
         (config.stall_timeout_s >= 1, f"stall_timeout_s must be at least 1, got {config.stall_timeout_s}"),

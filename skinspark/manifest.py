@@ -16,7 +16,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from skinspark import storage
+from skinspark import schema, storage
 
 MANIFEST_FILE = "_manifest.json"  # written last: its presence (status "complete") means done
 CONFIG_FILE = "_config.yaml"  # the resolved config the output was made with
@@ -111,3 +111,20 @@ def publish(spark: SparkSession, staging: str, final: str, replace: bool = True)
     storage.rename(spark, staging, final)
     if old is not None:
         storage.delete(spark, old)
+
+
+def split_counts(rows) -> dict:
+    """{split: {"images", "lesions", "by_class"}} of a pandas frame of rows with `split`, `dx` and
+    `lesion_id`: the ingest manifest's `counts.splits`, which training reads for class weights and steps
+    (ingest counts its plan with it, a fold's table its own rows)."""
+    by_class = rows.groupby([schema.SPLIT, schema.DX]).size()
+    lesions = rows.groupby(schema.SPLIT)[schema.LESION_ID].nunique()
+    splits = {}
+    for split in schema.SPLITS:
+        classes = {label: int(by_class.get((split, label), 0)) for label in schema.LABELS}
+        splits[split] = {
+            "images": sum(classes.values()),
+            "lesions": int(lesions.get(split, 0)),
+            "by_class": classes,
+        }
+    return splits

@@ -9,7 +9,7 @@ import pandas as pd
 from skinspark import schema
 from skinspark.config import IngestConfig
 from skinspark.errors import JobError
-from skinspark.manifest import JobResult
+from skinspark.manifest import JobResult, split_counts
 from skinspark.versions import package_versions
 
 
@@ -26,16 +26,7 @@ def count(files: pd.DataFrame, rows: pd.DataFrame, plan: pd.DataFrame, rows_read
     row_reasons = rows["reason"].value_counts().to_dict()
     files_ingested = int(files["reason"].isna().sum())
     rows_ingested = int(rows["reason"].isna().sum())
-    by_class = plan.groupby([schema.SPLIT, schema.DX]).size()
-    lesions = plan.groupby(schema.SPLIT)[schema.LESION_ID].nunique()
-    splits = {}
-    for split in schema.SPLITS:
-        classes = {label: int(by_class.get((split, label), 0)) for label in schema.LABELS}
-        splits[split] = {
-            "images": sum(classes.values()),
-            "lesions": int(lesions.get(split, 0)),
-            "by_class": classes,
-        }
+    splits = split_counts(plan)
     counts = {
         "files": {
             "seen": len(files),

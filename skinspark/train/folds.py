@@ -9,13 +9,12 @@ import hashlib
 import math
 from pathlib import Path
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from skinspark import schema, storage
 from skinspark.config import IngestConfig
-from skinspark.manifest import publish, read_record, staging_path, to_json, write_record
+from skinspark.manifest import publish, read_record, split_counts, staging_path, to_json, write_record
 from skinspark.model_dir import local_path
 from skinspark.train.data import petastorm_url, read_ingest_manifest
 from skinspark.train.failures import TrainInputError
@@ -87,22 +86,6 @@ def fold_table(spark: SparkSession, data_dir: str, model_dir: str | Path, fold: 
         storage.delete(spark, staging)
         raise
     return target
-
-
-def split_counts(rows: pd.DataFrame) -> dict:
-    """{split: {"images", "lesions", "by_class"}} of rows with `split`, `dx` and `lesion_id`, in the
-    form of the ingest manifest's `counts.splits` (which training reads for class weights and steps)."""
-    by_class = rows.groupby([schema.SPLIT, schema.DX]).size()
-    lesions = rows.groupby(schema.SPLIT)[schema.LESION_ID].nunique()
-    splits = {}
-    for split in schema.SPLITS:
-        classes = {label: int(by_class.get((split, label), 0)) for label in schema.LABELS}
-        splits[split] = {
-            "images": sum(classes.values()),
-            "lesions": int(lesions.get(split, 0)),
-            "by_class": classes,
-        }
-    return splits
 
 
 def _write(view: DataFrame, target: str, rows: int, ingest_config: dict, cores: int) -> None:

@@ -10,10 +10,11 @@ bfloat16), `score` (the scoring job against a thread-pool process
 and Spark's `predict_batch_udf`, in both precisions, and how far their predictions agree), `export` (the
 TensorFlow Lite exports of the score section's model and the scoring job run with each), `learning`
 (the paper's 25 epochs split by lesion, by image, and after oversampling before the split; about an
-hour on 2 cores, so not in the default set) and `learning_precision` (the lesion split's 25 epochs in
-float32 and in bfloat16). Figures of earlier runs in the same JSON file
-are kept; a section run again replaces its own. Also `python jobs/benchmark.py ...` and the console
-script `skinspark-benchmark`.
+hour on 2 cores, so not in the default set; `--protocols` runs some of them, and the by-image
+protocols' test figures are taken apart by whether a photograph of the lesion was trained on) and
+`learning_precision` (the lesion split's 25 epochs in float32 and in bfloat16). Figures of earlier
+runs in the same JSON file are kept; a section run again replaces its own. Also `python
+jobs/benchmark.py ...` and the console script `skinspark-benchmark`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", type=int, default=None, help="learning: epochs (default: train.yaml's)")
     parser.add_argument(
+        "--protocols",
+        default=",".join(learning.LEARNING_PROTOCOLS),
+        help=f"learning: comma-separated, of {', '.join(learning.LEARNING_PROTOCOLS)} (and split_by_lesion)",
+    )
+    parser.add_argument(
         "--archive-files", type=int, default=50000, help="score: the large archive for the memory check"
     )
     parser.add_argument("--output", default=None, help="JSON file (default WORK/benchmark.json)")
@@ -59,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail("benchmark", f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     if args.config:
         return fail("benchmark", "--config is per job; give settings with --conf key=value")
+    protocols = {name.strip() for name in args.protocols.split(",") if name.strip()} | {"split_by_lesion"}
+    if unknown := sorted(protocols - set(learning.LEARNING_PROTOCOLS)):
+        known = ", ".join(learning.LEARNING_PROTOCOLS)
+        return fail("benchmark", f"unknown protocol(s) {unknown}; choose from {known}")
     try:
         # --config/--conf apply to every job's config; a key must exist in at least one of them.
         overrides = parse_overrides(args.conf)
@@ -103,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
                 train_config = configs["train"].job
                 if args.epochs:
                     train_config = dataclasses.replace(train_config, epochs=args.epochs)
-                bench = (
-                    learning.bench_learning if section == "learning" else learning.bench_learning_precision
-                )
-                results[section] = bench(spark, data, work, configs["ingest"].job, train_config)
+                if section == "learning":
+                    ordered = tuple(name for name in learning.LEARNING_PROTOCOLS if name in protocols)
+                    results[section] = learning.bench_learning(
+                        spark, data, work, configs["ingest"].job, train_config, ordered
+                    )
+                else:
+                    results[section] = learning.bench_learning_precision(
+                        spark, data, work, configs["ingest"].job, train_config
+                    )
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(results, indent=2))
             print(json.dumps({section: results[section]}, indent=2), flush=True)

@@ -13,7 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 from sklearn.metrics import balanced_accuracy_score
@@ -139,12 +138,7 @@ def sibling_breakdown(table: Path, model_dir: Path, task: str = "dx7") -> dict:
     url = f"file://{table.resolve()}/split=train"
     split = read_split(url, spec["height"], spec["width"], label_map=label_map)
     model = precision.in_precision(load_model(str(model_dir)), manifest["precision"]["evaluated_in"])
-    predicted = np.concatenate(
-        [
-            model.predict_on_batch(split["image"][start : start + EVAL_BATCH_SIZE]).argmax(axis=1)
-            for start in range(0, len(split["label"]), EVAL_BATCH_SIZE)
-        ]
-    )
+    predicted = model.predict(split["image"], batch_size=EVAL_BATCH_SIZE, verbose=0).argmax(axis=1)
     return {
         "test_images": len(predictions),
         "with_training_sibling": int(sibling.sum()),

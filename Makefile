@@ -15,7 +15,7 @@ STACK_STAMP := $(VENV)/.skinspark-stack
 STAMP := $(VENV)/.skinspark-installed
 # How the project goes on top of the stack: editable with the dev extras in a checkout; the Docker
 # image and `make pack` install it as a plain package (PROJECT_INSTALL=.).
-PROJECT_INSTALL ?= -e .[test,lint,cluster,tracking]
+PROJECT_INSTALL ?= -e .[test,lint,cluster,tracking,dicom]
 # One source of truth for versions: read a pin out of pyproject.toml's dependencies.
 pin = $(shell $(PYTHON) -c 'import sys,tomllib; d=tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]; print(next(x for x in d if x.split("=")[0].split("<")[0].split(">")[0]==sys.argv[1]))' $(1))
 # Every dependency of pyproject.toml, shell-quoted (a `<` must not become a redirection); $(call
@@ -80,8 +80,8 @@ $(STACK_STAMP): pyproject.toml | check-tools
 # The stack's list goes into the extras' install again so that pip resolves them together: an extra that
 # wants a newer protobuf or NumPy then fails here instead of upgrading the stack's package behind its back.
 $(STAMP): $(STACK_STAMP) pyproject.toml
-	$(PY) -m pip install --quiet $(call requirements,$(STACK)) $(call requirements,test+lint+cluster+tracking)
-	$(PY) -m pip install --quiet --no-deps $(PROJECT_INSTALL:[test,lint,cluster,tracking]=)
+	$(PY) -m pip install --quiet $(call requirements,$(STACK)) $(call requirements,test+lint+cluster+tracking+dicom)
+	$(PY) -m pip install --quiet --no-deps $(PROJECT_INSTALL:[test,lint,cluster,tracking,dicom]=)
 	@TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c 'import skinspark, pyspark, tensorflow as tf; print("setup: ok ($(STACK) stack), tensorflow", tf.__version__, "tf-keras", __import__("tf_keras").__version__, "pyspark", pyspark.__version__)'
 	@touch $(STAMP)
 endif

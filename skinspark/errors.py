@@ -20,6 +20,16 @@ class JobError(RuntimeError):
     """A problem that stops a whole job; the message is one line meant for the person running it."""
 
 
+class ImageError(ValueError):
+    """One image that cannot be turned into pixels (or read at all); `reason` is one of the
+    `skinspark.schema.REASON_*` codes. Each job turns it into a row, never a stopped job."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's text that says something, or its type's name when it has no
     text."""

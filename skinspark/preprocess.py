@@ -19,6 +19,8 @@ import simplejpeg
 from PIL import Image, ImageOps
 
 from skinspark import schema
+from skinspark.errors import ImageError
+from skinspark.images import dicom
 
 DECODERS = ("simplejpeg", "pillow")
 # Decompression-bomb guard: more pixels than this (before DCT scaling) is refused, not decoded.
@@ -28,15 +30,6 @@ _JPEG_MAGIC = b"\xff\xd8"
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 
-class ImageError(ValueError):
-    """An image that cannot be turned into pixels; `reason` is one of schema.REASON_* codes."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 @dataclass(frozen=True)
 class DecodeResult:
     """One image's outcome: pixels (height x width x 3 uint8) or a reason code and message."""
@@ -44,13 +37,15 @@ class DecodeResult:
     pixels: np.ndarray | None
     reason: str | None = None
     message: str | None = None
+    note: str | None = None  # a decoded image's remark: a multi-frame DICOM's first frame
 
 
 def decode_image(data: bytes, height: int, width: int, decoder: str = "simplejpeg") -> np.ndarray:
-    """Decode JPEG (or any Pillow-readable) bytes into a `height x width x 3` uint8 RGB array.
+    """Decode JPEG, DICOM (or any Pillow-readable) bytes into a `height x width x 3` uint8 RGB array.
 
     Greyscale, CMYK and palette images become RGB, PNG content under a `.jpg` name is decoded, and the
-    EXIF orientation is applied before resizing.
+    EXIF orientation is applied before resizing. A DICOM file's JPEG frame is decoded as that JPEG,
+    its uncompressed pixels resized as a PNG's (`skinspark.images.dicom`).
 
     Args:
         data: the encoded file's bytes.
@@ -62,15 +57,33 @@ def decode_image(data: bytes, height: int, width: int, decoder: str = "simplejpe
         A C-contiguous uint8 array of shape (height, width, 3).
 
     Raises:
-        ImageError: empty, truncated, undecodable or too large input (its `reason` says which).
+        ImageError: empty, truncated, undecodable or too large input, or a DICOM file that is broken
+            or of an unsupported transfer syntax (its `reason` says which).
         ValueError: an unknown decoder name or a non-positive size.
     """
+    return decode_noted(data, height, width, decoder)[0]
+
+
+def decode_noted(
+    data: bytes, height: int, width: int, decoder: str = "simplejpeg"
+) -> tuple[np.ndarray, str | None]:
+    """`decode_image`, and a note worth keeping with the row (a multi-frame DICOM's first frame), or None."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     if height <= 0 or width <= 0:
         raise ValueError(f"output size must be positive, got {height}x{width}")
     if not data:
         raise ImageError(schema.REASON_EMPTY, "file is empty (0 bytes)")
+    if dicom.is_dicom(data):
+        image = dicom.unwrap(data)
+        if image.jpeg is not None:
+            return decode_image(image.jpeg, height, width, decoder), image.note
+        _check_pixels(*image.pixels.shape[:2])
+        return _resize(Image.fromarray(image.pixels), height, width), image.note
+    return _decode_encoded(data, height, width, decoder), None
+
+
+def _decode_encoded(data: bytes, height: int, width: int, decoder: str) -> np.ndarray:
     if decoder == "simplejpeg" and data[:2] == _JPEG_MAGIC:
         try:
             return _decode_simplejpeg(data, height, width)
@@ -98,7 +111,8 @@ def decode_many(contents, height: int, width: int, decoder: str = "simplejpeg") 
             results.append(DecodeResult(None, data.reason, data.message))
             continue
         try:
-            results.append(DecodeResult(decode_image(data, height, width, decoder)))
+            pixels, note = decode_noted(data, height, width, decoder)
+            results.append(DecodeResult(pixels, note=note))
         except ImageError as error:
             results.append(DecodeResult(None, error.reason, error.message))
         except Exception as error:  # noqa: BLE001 - one strange file must not fail the batch

@@ -47,6 +47,10 @@ HAM10000_IMAGES = 10015
 HAM10000_LESIONS = 7470
 IMAGE_FOLDERS: tuple[str, ...] = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 METADATA_FILE = "HAM10000_metadata.csv"
+# The same release as Harvard Dataverse serves it: each image folder as a zip named after it, its JPEGs at
+# the zip's root, and the metadata as Dataverse's tab-separated export (text quoted, numbers not).
+DATAVERSE_IMAGE_ARCHIVES: tuple[str, ...] = tuple(f"{folder}.zip" for folder in IMAGE_FOLDERS)
+DATAVERSE_METADATA_FILE = "HAM10000_metadata.tab"
 
 SEX_VALUES: tuple[str, ...] = ("male", "female", "unknown")
 DX_TYPES: tuple[str, ...] = ("histo", "follow_up", "consensus", "confocal")
@@ -122,6 +126,13 @@ REASON_INVALID_FIELD = "invalid_field"
 REASON_DUPLICATE_ROW = "duplicate_row"  # an identical repeat of a CSV row: kept once
 REASON_ROW_REJECTED = "metadata_row_rejected"  # an image whose only metadata rows were rejected
 REASON_IMAGE_REJECTED = "image_rejected"  # a valid row whose image file(s) were all quarantined
+# Zip archives read in place and DICOM files (skinspark.images.archives, skinspark.images.dicom).
+REASON_BAD_ARCHIVE = "bad_archive"  # not a zip, or its central directory is missing (a cut download)
+REASON_BAD_MEMBER = "bad_archive_member"  # a member whose data is cut, corrupt or fails its CRC
+REASON_ENCRYPTED = "encrypted_member"  # a member that needs a password: never read
+REASON_UNSUPPORTED_COMPRESSION = "unsupported_compression"  # a method Python's zipfile cannot read
+REASON_INVALID_DICOM = "invalid_dicom"  # not DICOM, cut short, or without Pixel Data
+REASON_UNSUPPORTED_DICOM = "unsupported_dicom"  # a transfer syntax no installed decoder reads
 # Recorded for the record but not bad input: the item itself is ingested once.
 BENIGN_REASONS: frozenset[str] = frozenset({REASON_DUPLICATE_FILE, REASON_DUPLICATE_ROW})
 ITEM_FILE = "file"

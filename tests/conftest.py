@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Before any test module imports TensorFlow: skinspark picks tf-keras (Keras 2) for `tf.keras` where it
 # is installed (the modern stack), and TensorFlow reads that choice when it is first imported.
 import skinspark  # noqa: E402, F401
+from skinspark import schema  # noqa: E402
 
 # Horovod and Petastorm are on the pinned stack only (`make setup STACK=modern` has neither).
 needs_horovod = pytest.mark.skipif(
@@ -21,6 +23,33 @@ needs_horovod = pytest.mark.skipif(
 needs_petastorm = pytest.mark.skipif(
     importlib.util.find_spec("petastorm") is None, reason="Petastorm is not installed on this stack"
 )
+
+
+def tiny_model_dir(directory: Path, seed: int = 0, labels=schema.LABELS) -> Path:
+    """A small Keras model with the model directory's contract (uint8 pixels in, a softmax over
+    `labels` out: the seven diagnoses unless told otherwise)."""
+    import tensorflow as tf
+
+    from skinspark.model_dir import preprocessing_spec
+
+    tf.keras.utils.set_random_seed(seed)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input(shape=(75, 100, 3))
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(4, 3, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(
+        len(labels),
+        activation="softmax",
+        kernel_initializer=tf.keras.initializers.RandomNormal(stddev=3.0),
+    )(x)
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.keras.Model(inputs, outputs).save(directory / "model.keras")
+    (directory / "labels.json").write_text(json.dumps({"labels": list(labels)}))
+    (directory / "preprocessing.json").write_text(json.dumps(preprocessing_spec(75, 100, "simplejpeg")))
+    return directory
+
+
 # The data-parallel backends a whole training run is tested on, where the stack has them.
 BACKENDS = [pytest.param("horovod", marks=needs_horovod), "tf_distribute"]
 
@@ -52,7 +81,6 @@ def spark(tmp_path_factory):
 def ingested(spark, tmp_path_factory) -> Path:
     """A small ingested table (150 generated images, split by lesion) that training tests share."""
     from jobs import ingest as ingest_job
-    from skinspark import schema
     from skinspark.tools.synthetic import generate
 
     source = tmp_path_factory.mktemp("train-source")

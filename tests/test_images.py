@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import pytest
 from pyarrow import fs as pafs
 
 from skinspark import images, schema
+from skinspark.images import files as image_files
 from skinspark.preprocess import ImageError
 
 
@@ -55,12 +58,16 @@ def test_object_store_paths_map_to_pyarrow_file_systems(tmp_path, monkeypatch):
         connected.append((kind, authority))
         return pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
 
-    monkeypatch.setattr(images, "_connect", fake_connect)
-    monkeypatch.setattr(images, "_FILE_SYSTEMS", {})
+    with zipfile.ZipFile(tmp_path / "bucket" / "x" / "z.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("in/c.jpg", b"member of a zip on s3")
+    monkeypatch.setattr(image_files, "_connect", fake_connect)
+    monkeypatch.setattr(image_files, "_FILE_SYSTEMS", {})
     assert images.read_file("s3a://bucket/x/a.jpg") == b"from s3"
     assert images.read_file("s3://bucket/x/a.jpg") == b"from s3"  # same file system, connected once
     assert images.read_file("hdfs://namenode:8020/data/b.jpg") == b"from hdfs"
     assert connected == [("s3", "bucket"), ("hdfs", "namenode:8020")]
+    # A zip member on an object store: the archive opened through pyarrow's random access file.
+    assert images.read_file("s3a://bucket/x/z.zip!/in/c.jpg") == b"member of a zip on s3"
     assert isinstance(images.read_files(["s3a://bucket/x/missing.jpg"])[0], ImageError)
 
 

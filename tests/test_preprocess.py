@@ -93,14 +93,14 @@ def test_decode_many_turns_any_failure_into_a_reason_and_goes_on(monkeypatch):
     from skinspark import preprocess
 
     good = _encode(Image.fromarray(_image()))
-    real = preprocess.decode_image
+    real = preprocess.decode_noted
 
     def flaky(data, height, width, decoder):
         if data == b"boom":
             raise RuntimeError("decoder bug")
         return real(data, height, width, decoder)
 
-    monkeypatch.setattr(preprocess, "decode_image", flaky)
+    monkeypatch.setattr(preprocess, "decode_noted", flaky)
     results = preprocess.decode_many([good, b"boom", b"", good], 75, 100)
     assert [result.reason for result in results] == [
         None,

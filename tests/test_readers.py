@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_score import _tiny_model_dir
 
 from jobs import ingest as ingest_job
 from jobs import score as score_job
@@ -22,6 +21,7 @@ from skinspark import score as score_lib
 from skinspark.preprocess import decode_image
 from skinspark.score import chunks as score_chunks
 from skinspark.tools.synthetic import generate
+from tests.conftest import tiny_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return _tiny_model_dir(tmp_path_factory.mktemp("reader-models") / "model", seed=4)
+    return tiny_model_dir(tmp_path_factory.mktemp("reader-models") / "model", seed=4)
 
 
 def _ingest(dataset: Path, output: Path, *extra: str) -> int:

@@ -23,31 +23,7 @@ from skinspark import score as score_lib
 from skinspark.preprocess import decode_image
 from skinspark.score import chunks as score_chunks
 from skinspark.tools.synthetic import generate
-
-
-def _tiny_model_dir(directory: Path, seed: int = 0, labels=schema.LABELS) -> Path:
-    """A small Keras model with the model directory's contract (uint8 pixels in, a softmax over
-    `labels` out: the seven diagnoses unless told otherwise)."""
-    import tensorflow as tf
-
-    from skinspark.model_dir import preprocessing_spec
-
-    tf.keras.utils.set_random_seed(seed)
-    layers = tf.keras.layers
-    inputs = tf.keras.Input(shape=(75, 100, 3))
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    x = layers.Conv2D(4, 3, activation="relu")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(
-        len(labels),
-        activation="softmax",
-        kernel_initializer=tf.keras.initializers.RandomNormal(stddev=3.0),
-    )(x)
-    directory.mkdir(parents=True, exist_ok=True)
-    tf.keras.Model(inputs, outputs).save(directory / "model.keras")
-    (directory / "labels.json").write_text(json.dumps({"labels": list(labels)}))
-    (directory / "preprocessing.json").write_text(json.dumps(preprocessing_spec(75, 100, "simplejpeg")))
-    return directory
+from tests.conftest import tiny_model_dir
 
 
 def _jpeg(image: Image.Image, **options) -> bytes:
@@ -69,7 +45,7 @@ def generated(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return _tiny_model_dir(tmp_path_factory.mktemp("models") / "model")
+    return tiny_model_dir(tmp_path_factory.mktemp("models") / "model")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,7 +409,7 @@ def test_resume_after_a_kill_gives_one_row_per_file(spark, generated, model_dir,
 def test_resume_refuses_another_model_and_overwrite_refuses_a_foreign_directory(
     spark, scored, archive, tmp_path, capsys
 ):
-    other = _tiny_model_dir(tmp_path / "other", seed=1)
+    other = tiny_model_dir(tmp_path / "other", seed=1)
     images = str(archive["root"] / "a")
     code = score_job.main(
         ["--model", str(other), "--images", images, "--output", str(scored), "--mode", "resume"]
@@ -542,7 +518,7 @@ def test_isic_submission_and_ground_truth_from_generated_data(generated, model_d
 
 @pytest.mark.slow
 def test_an_ensemble_averages_its_models_probabilities(generated, model_dir, tmp_path, capsys):
-    second = _tiny_model_dir(tmp_path / "second-model", seed=1)
+    second = tiny_model_dir(tmp_path / "second-model", seed=1)
 
     def run(*models, name):
         output = tmp_path / name
@@ -568,7 +544,7 @@ def test_an_ensemble_averages_its_models_probabilities(generated, model_dir, tmp
 
 
 def test_ensemble_members_must_take_one_input(generated, model_dir, tmp_path, capsys):
-    other = _tiny_model_dir(tmp_path / "other", seed=2)
+    other = tiny_model_dir(tmp_path / "other", seed=2)
     (other / "preprocessing.json").write_text(
         json.dumps(model_dir_lib.preprocessing_spec(96, 128, "simplejpeg"))
     )

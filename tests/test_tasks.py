@@ -24,8 +24,7 @@ from skinspark.model_dir import read_model_spec, threshold_of
 from skinspark.tasks import DX7, MALIGNANT, get_task, task_of_labels
 from skinspark.tools.synthetic import generate
 from skinspark.train.data import _pixels
-from tests.conftest import BACKENDS
-from tests.test_score import _tiny_model_dir
+from tests.conftest import BACKENDS, tiny_model_dir
 
 # --------------------------------------------------------------------------------------------------
 # No Spark: the mapping, the metrics, the training pipeline's labels
@@ -154,7 +153,7 @@ def generated(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def malignant_model(tmp_path_factory) -> Path:
-    directory = _tiny_model_dir(tmp_path_factory.mktemp("models") / "malignant", labels=MALIGNANT.labels)
+    directory = tiny_model_dir(tmp_path_factory.mktemp("models") / "malignant", labels=MALIGNANT.labels)
     metrics = {"malignant": {"at_threshold": {"threshold": 0.4, "sensitivity": 0.8, "specificity": 0.5}}}
     (directory / "metrics.json").write_text(json.dumps(metrics))  # as training writes it
     return directory
@@ -232,7 +231,7 @@ def test_isic_submission_and_mixed_ensembles_are_clear_errors(generated, maligna
     assert score_job.main([*arguments, "--isic-csv", str(tmp_path / "submission.csv")]) == 2
     assert "submission holds the seven diagnoses' probabilities" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before any image was scored
-    seven = _tiny_model_dir(tmp_path / "seven")
+    seven = tiny_model_dir(tmp_path / "seven")
     arguments = ["--model", str(seven), "--model", str(malignant_model), "--images", str(generated)]
     assert score_job.main([*arguments, "--output", str(tmp_path / "both")]) == 2
     assert "ensemble members must predict the same labels" in capsys.readouterr().err

@@ -29,6 +29,8 @@ from pyspark.sql import SparkSession
 
 from skinspark import images, schema, storage
 from skinspark.config import IngestConfig
+from skinspark.images import dicom
+from skinspark.images.archives import is_archive
 from skinspark.ingest.fates import (
     SPLIT_UNITS,
     apply_failures,
@@ -125,17 +127,15 @@ def ingest(
     output = storage.qualify(spark, output)
     metadata_path = storage.qualify(spark, metadata_path)
     image_paths = [storage.qualify(spark, path) for path in image_paths]
-    try:
-        reader = images.resolve_reader(config.reader, image_paths)
-        frame = images.list_images(spark, image_paths)
-    except ValueError as error:
-        raise IngestError(str(error)) from None
+    listing, reader = _list_images(spark, image_paths, config.reader)
+    frame = listing.entries(spark, reader)
 
     raw_rows = read_metadata(spark, metadata_path, config.metadata_encoding).toPandas()
     rows = validate_metadata(raw_rows, config.metadata_encoding)
-    files = list_files(spark, frame, config)
+    files = list_files(spark, listing, config)
     if files.empty:
         raise IngestError(f"no {images.IMAGE_KINDS} images found under {', '.join(image_paths)}")
+    _check_dicom(files)
     files = settle_repeated_ids(spark, frame, files, config, reader)
     files, rows = resolve_fates(files, rows)
     plan = split_plan(ingested_pairs(files, rows), fractions, config.seed, config.split_by)
@@ -152,6 +152,11 @@ def ingest(
         if config.folds:
             counts["folds"] = fold_counts(plan, config.folds)
         manifest = manifest_for(config, reader, image_paths, metadata_path, counts)
+        if listing.archives is not None:
+            manifest["archives"] = {
+                "totals": listing.archives.totals(),
+                "by_archive": listing.archives.counts,
+            }
         if fold_warnings:
             manifest["fold_warnings"] = fold_warnings
         bad = bad_fraction(counts)
@@ -166,6 +171,29 @@ def ingest(
     except BaseException:
         storage.delete(spark, staging)
         raise
+
+
+def _list_images(spark: SparkSession, image_paths: Sequence[str], reader: str) -> tuple[images.Listing, str]:
+    """The job's images (folders, globs and zip archives) and who reads the folders' files.
+
+    Raises:
+        IngestError: a missing path, a bad reader, or an archive that is not a readable zip (named).
+    """
+    try:
+        folders = [path for path in image_paths if not is_archive(path)]
+        reader = images.resolve_reader(reader, folders)
+        listing = images.list_sources(spark, image_paths)
+    except ValueError as error:
+        raise IngestError(str(error)) from None
+    if listing.archives is not None and not listing.archives.broken.empty:
+        raise IngestError(listing.archives.broken["message"].iloc[0])
+    return listing, reader
+
+
+def _check_dicom(files) -> None:
+    """DICOM inputs need pydicom: one clear line before any image is read."""
+    if not dicom.available() and files[schema.SOURCE_PATH].str.lower().str.endswith(dicom.SUFFIX).any():
+        raise IngestError(f"DICOM inputs (.dcm) need pydicom: {dicom.INSTALL_HINT}")
 
 
 def _finish(spark, staging, quarantine, manifest, config_text, output, started) -> None:

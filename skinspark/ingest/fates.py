@@ -22,44 +22,55 @@ from skinspark.preprocess import ImageError, decode_many
 from skinspark.session import query_settings
 
 
-def list_files(spark: SparkSession, frame: DataFrame, config: IngestConfig) -> pd.DataFrame:
-    """One row per listed image file, from Spark's listing alone (no file is opened).
+def list_files(spark: SparkSession, listing: images.Listing, config: IngestConfig) -> pd.DataFrame:
+    """One row per listed image file or zip member, from Spark's listing and the archives' central
+    directories alone (no image is opened).
 
     Args:
-        frame: `skinspark.images.list_images` over the job's paths.
+        listing: `skinspark.images.list_sources` over the job's paths (no broken archive left).
 
     Returns:
-        `source_path`, `image_id`, `length`, `sha1` (None: only repeated ids are hashed, by
-        `settle_repeated_ids`), `reason` and `message`: `image_too_large` for a file over
-        `max_image_bytes` (never read) and `empty_file` for a zero-byte file, which Spark's scan skips
-        and its file index still lists; None for every other file.
+        `source_path`, `image_id`, `length` (a member's declared size), `sha1` (None: only repeated
+        ids are hashed, by `settle_repeated_ids`), `reason` and `message`: `image_too_large` for a
+        file or member over `max_image_bytes` (never read), `empty_file` for a zero-byte one (Spark's
+        scan skips such files; its file index still lists them), an archive member's own reason
+        (encrypted, an unreadable compression method); None for every other.
     """
-    with query_settings(spark, images.listing_settings()):
-        listed = frame.select(images.PATH, images.LENGTH).toPandas()
-    empty = images.zero_byte_files(frame, listed[images.PATH])
-    paths = [*listed[images.PATH], *empty]
-    lengths = [*listed[images.LENGTH].astype("int64"), *([0] * len(empty))]
+    paths, lengths, reasons, messages = [], [], [], []
+    if listing.files is not None:
+        with query_settings(spark, images.listing_settings()):
+            listed = listing.files.select(images.PATH, images.LENGTH).toPandas()
+        empty = images.zero_byte_files(listing.files, listed[images.PATH])
+        paths += [*listed[images.PATH], *empty]
+        lengths += [*listed[images.LENGTH].astype("int64"), *([0] * len(empty))]
+        reasons += [None] * len(paths)
+        messages += [None] * len(paths)
+    if listing.archives is not None:
+        members = listing.archives.members
+        paths += list(members[images.PATH])
+        lengths += list(members[images.LENGTH].astype("int64"))
+        reasons += list(members["reason"])
+        messages += list(members["message"])
     files = pd.DataFrame(
         {
             schema.SOURCE_PATH: paths,
             schema.IMAGE_ID: [images.image_id(path) for path in paths],
-            images.LENGTH: lengths,
+            images.LENGTH: pd.array(lengths, dtype="int64"),
             "sha1": None,
-            "reason": None,
-            "message": None,
+            "reason": reasons,
+            "message": messages,
         }
     )
-    too_large = files[images.LENGTH] > config.max_image_bytes
+    files = files.astype({"reason": object, "message": object})
+    too_large = files["reason"].isna() & (files[images.LENGTH] > config.max_image_bytes)
     files.loc[too_large, "reason"] = schema.REASON_TOO_LARGE
     files.loc[too_large, "message"] = [
         f"file is {length:,} bytes, over the {config.max_image_bytes:,}-byte limit"
         for length in files.loc[too_large, images.LENGTH]
     ]
-    is_empty = files[schema.SOURCE_PATH].isin(set(empty))
+    is_empty = files["reason"].isna() & (files[images.LENGTH] == 0)
     files.loc[is_empty, "reason"] = schema.REASON_EMPTY
-    files.loc[is_empty, "message"] = (
-        "file is empty (0 bytes): listed, but Spark's file scan skips empty files"
-    )
+    files.loc[is_empty, "message"] = "file is empty (0 bytes): never read"
     return files
 
 
@@ -70,7 +81,8 @@ def settle_repeated_ids(
     tell an identical copy (`duplicate_file`) from a different file (`conflicting_image_files`).
 
     Every other file needs no read before the one pass that writes the table; on a clean archive no
-    file is read here at all.
+    file is read here at all. `frame` is `Listing.entries`: every readable file and zip member with
+    the columns its reader needs.
 
     Returns:
         `files` with `sha1`, `reason` and `message` filled in for those files.
@@ -84,7 +96,7 @@ def settle_repeated_ids(
     check = functools.partial(
         _check_batches, height=config.height, width=config.width, decoder=config.decoder, reader=reader
     )
-    columns = images.read_columns(reader)
+    columns = images.read_columns(reader, members=True)
     with query_settings(spark, read_settings(config)):
         checked = (
             frame.where(F.col(images.PATH).isin(paths))

@@ -46,7 +46,7 @@ def write_table(
         failures=failures,
         seen=seen,
     )
-    columns = images.read_columns(reader)
+    columns = images.read_columns(reader, members=True)
     # Files of about rows_per_file rows, as many writers as cores (or a multiple of them), so no core
     # idles through a last lone file; merging scan partitions costs no read parallelism below that.
     cores = sc.defaultParallelism

@@ -22,6 +22,7 @@ MODEL_ID = "model_id"
 SCORED_AT = "scored_at"
 ERROR_REASON = "error_reason"  # a schema.REASON_* code, or null
 ERROR = "error"  # "reason: message", or null
+NOTE = "note"  # something worth knowing about a scored image (a multi-frame DICOM's first frame), or null
 LABEL_COLUMNS = (schema.DX, schema.LABEL, schema.SPLIT)  # carried through from a labelled table
 
 
@@ -30,15 +31,23 @@ def prob_columns(labels: Sequence[str] = schema.LABELS) -> list[str]:
     return [f"prob_{label}" for label in labels]
 
 
-def prediction_fields(labels: Sequence[str] = schema.LABELS) -> list[T.StructField]:
-    """What the scoring function returns for each row (then `image_id`, `model_id`, `scored_at` are
-    added), for a model with these output labels."""
+def value_fields(labels: Sequence[str] = schema.LABELS) -> list[T.StructField]:
+    """The predicted values of a row: `predicted_label`, `confidence` and the probabilities."""
     return [
         T.StructField(PREDICTED_LABEL, T.IntegerType(), True),
         T.StructField(CONFIDENCE, T.FloatType(), True),
         *[T.StructField(name, T.FloatType(), True) for name in prob_columns(labels)],
+    ]
+
+
+def prediction_fields(labels: Sequence[str] = schema.LABELS) -> list[T.StructField]:
+    """What the scoring function returns for each row (then `image_id`, `model_id`, `scored_at` are
+    added), for a model with these output labels."""
+    return [
+        *value_fields(labels),
         T.StructField(ERROR_REASON, T.StringType(), True),
         T.StructField(ERROR, T.StringType(), True),
+        T.StructField(NOTE, T.StringType(), True),
     ]
 
 
@@ -51,6 +60,7 @@ def prediction_struct(labels: Sequence[str] = schema.LABELS) -> T.StructType:
             *[T.StructField(name, T.FloatType(), True) for name in prob_columns(labels)],
             T.StructField(ERROR_REASON, T.StringType(), True),
             T.StructField(ERROR, T.StringType(), True),
+            T.StructField(NOTE, T.StringType(), True),
         ]
     )
 
@@ -67,11 +77,12 @@ def output_columns(labelled: bool = False, labels: Sequence[str] = schema.LABELS
         schema.IMAGE_ID,
         *carried,
         PREDICTED_DX,
-        *[f.name for f in prediction_fields(labels)[:-2]],
+        *[f.name for f in value_fields(labels)],
         MODEL_ID,
         SCORED_AT,
         ERROR_REASON,
         ERROR,
+        NOTE,
     ]
 
 

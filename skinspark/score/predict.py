@@ -21,8 +21,8 @@ from skinspark import precision as precision_module
 from skinspark.images import (
     batch_contents,
 )
-from skinspark.preprocess import ImageError, decode_image, stored_pixels
-from skinspark.score.columns import CONFIDENCE, ERROR, ERROR_REASON, PATH, PREDICTED_LABEL
+from skinspark.preprocess import ImageError, decode_noted, stored_pixels
+from skinspark.score.columns import CONFIDENCE, ERROR, ERROR_REASON, NOTE, PATH, PREDICTED_LABEL
 from skinspark.score.report import ScoreError
 from skinspark.session import task_cpus
 
@@ -213,8 +213,8 @@ def predict_frame(
 
     Returns:
         `passthrough` columns, `predicted_label` (nullable Int32), `confidence`, one `prob_<label>`
-        per class (float32), `error_reason` and `error`. A failed row has NaN (null in Spark)
-        probabilities and its error.
+        per class (float32), `error_reason`, `error` and `note` (a multi-frame DICOM's first frame).
+        A failed row has NaN (null in Spark) probabilities and its error.
 
     Raises:
         ValueError: the model's output is not one row of len(labels) probabilities per image.
@@ -223,6 +223,7 @@ def predict_frame(
     probabilities = np.full((count, len(labels)), np.nan, dtype=np.float32)
     reasons: list[str | None] = [None] * count
     errors: list[str | None] = [None] * count
+    notes: list[str | None] = [None] * count
     pixels, decoded = [], []
     for index, data in enumerate(batch[data_column]):
         try:
@@ -232,7 +233,8 @@ def predict_frame(
                 stored = (batch[schema.HEIGHT].iat[index], batch[schema.WIDTH].iat[index])
                 pixels.append(_stored_pixels(data, *stored, height, width))
             else:
-                pixels.append(decode_image(data, height, width, decoder))
+                image, notes[index] = decode_noted(data, height, width, decoder)
+                pixels.append(image)
             decoded.append(index)
         except ImageError as error:
             reasons[index], errors[index] = error.reason, f"{error.reason}: {error.message}"
@@ -258,6 +260,7 @@ def predict_frame(
         frame[name] = probabilities[:, column]
     frame[ERROR_REASON] = reasons
     frame[ERROR] = errors
+    frame[NOTE] = notes
     return frame
 
 

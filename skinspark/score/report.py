@@ -46,6 +46,7 @@ def start_manifest(
         "input_kind": kind,
         "inputs": inputs,
         "reader": source.reader,  # None for a table: its pixels are stored
+        **source.record(),  # zip archives: members, images, skipped and ignored entries per archive
         "output": output,
         "model": model,
         "columns": output_columns(source.labelled, source.labels),

@@ -1,5 +1,6 @@
-"""The scoring job's inputs: image files listed by binaryFile, or the ingested table; each gives a
-narrow listing to plan with and the scored rows of one chunk."""
+"""The scoring job's inputs: image files listed by binaryFile, zip archives' members planned from their
+central directories, or the ingested table; each gives a narrow listing to plan with and the scored
+rows of one chunk."""
 
 from __future__ import annotations
 
@@ -18,18 +19,29 @@ from skinspark.errors import first_line
 from skinspark.images import (
     CONTENT,
     FILE_PATH,
+    Listing,
+    dicom,
     file_index,
     image_id_column,
-    list_images,
+    list_sources,
     listed_files,
     read_columns,
     resolve_reader,
 )
+from skinspark.images.archives import is_archive
 
 if TYPE_CHECKING:
     from skinspark.score.chunks import Chunk
 
-from skinspark.score.columns import ERROR, ERROR_REASON, LABEL_COLUMNS, PATH, prediction_fields
+from skinspark.score.columns import (
+    ERROR,
+    ERROR_REASON,
+    LABEL_COLUMNS,
+    NOTE,
+    PATH,
+    prediction_fields,
+    value_fields,
+)
 from skinspark.score.predict import score_partition
 from skinspark.score.report import ScoreError
 
@@ -60,6 +72,10 @@ class Source:
 
     def release(self) -> None:
         """Drop anything cached for the run."""
+
+    def record(self) -> dict:
+        """What the manifest says of the input beyond its paths (an archive plan's counts)."""
+        return {}
 
 
 class ImageFiles(Source):
@@ -155,13 +171,101 @@ class ImageFiles(Source):
         return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
 
 
-def _error_rows(files: DataFrame, reason: str, message: Column, labels: Sequence[str]) -> DataFrame:
+class ArchiveMembers(Source):
+    """The image members of zip archives (`skinspark.images.archives`), planned on the driver from the
+    central directories and read by the Python workers at their offsets. The key hashes the member's
+    path (`<archive>!/<name>`); a broken archive is one row of its own, scored as an error."""
+
+    reader = "python"
+
+    def __init__(self, listing: Listing, max_image_bytes: int):
+        self.plan = listing.archives
+        self.frame = listing.members_frame(SparkSession.getActiveSession())
+        self.key = F.xxhash64(F.col(PATH))
+        self.max_image_bytes = max_image_bytes
+
+    def listing(self) -> DataFrame:
+        return self.frame.select(PATH, self.key.alias(KEY))
+
+    def record(self) -> dict:
+        return {"archives": {"totals": self.plan.totals(), "by_archive": self.plan.counts}}
+
+    def chunk(self, chunk, done, udf_args):
+        selection = self.frame.where(self.key.between(chunk.low, chunk.high))
+        if done is not None:
+            selection = selection.join(done, PATH, "left_anti")
+        planned = F.col("reason").isNull()
+        readable = selection.where(planned & (F.col("length") <= self.max_image_bytes))
+        predictions = readable.select(*read_columns(self.reader, members=True)).mapInPandas(
+            functools.partial(
+                score_partition,
+                data_column=CONTENT,
+                raw_pixels=False,
+                passthrough=[PATH],
+                reader=self.reader,
+                **udf_args,
+            ),
+            T.StructType([T.StructField(PATH, T.StringType(), False), *prediction_fields(self.labels)]),
+        )
+        limit = f"member is %d bytes, over the {self.max_image_bytes:,}-byte limit (max_image_bytes)"
+        too_large = selection.where(planned & (F.col("length") > self.max_image_bytes))
+        refused = selection.where(~planned)
+        rows = predictions.unionByName(
+            _error_rows(too_large, schema.REASON_TOO_LARGE, F.format_string(limit, "length"), self.labels)
+        ).unionByName(_error_rows(refused, F.col("reason"), F.col("message"), self.labels))
+        return rows.withColumn(schema.IMAGE_ID, image_id_column(PATH))
+
+
+class Combined(Source):
+    """Folders and archives given together: each chunk's key range is applied to both."""
+
+    reader = "python"
+
+    def __init__(self, parts: Sequence[Source]):
+        self.parts = list(parts)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.parts[0].labels
+
+    @labels.setter
+    def labels(self, labels: tuple[str, ...]) -> None:
+        for part in self.parts:
+            part.labels = labels
+
+    def listing(self) -> DataFrame:
+        frames = [part.listing() for part in self.parts]
+        return functools.reduce(DataFrame.unionByName, frames)
+
+    def find_empty_files(self, scanned: int) -> int:
+        files, members = self.parts
+        return files.find_empty_files(scanned - members.listing().count())
+
+    def complete_chunk(self, staging, chunk, done):
+        missing = [part.complete_chunk(staging, chunk, done) for part in self.parts]
+        missing = [frame for frame in missing if frame is not None]
+        return functools.reduce(DataFrame.unionByName, missing) if missing else None
+
+    def chunk(self, chunk, done, udf_args):
+        frames = [part.chunk(chunk, done, udf_args) for part in self.parts]
+        return functools.reduce(DataFrame.unionByName, frames)
+
+    def release(self) -> None:
+        for part in self.parts:
+            part.release()
+
+    def record(self) -> dict:
+        return {key: value for part in self.parts for key, value in part.record().items()}
+
+
+def _error_rows(files: DataFrame, reason: str | Column, message: Column, labels: Sequence[str]) -> DataFrame:
     """Rows for files that are never decoded: null predictions, the reason and 'reason: message'."""
     return files.select(
         PATH,
-        *[F.lit(None).cast(field.dataType).alias(field.name) for field in prediction_fields(labels)[:-2]],
-        F.lit(reason).alias(ERROR_REASON),
-        F.concat(F.lit(f"{reason}: "), message).alias(ERROR),
+        *[F.lit(None).cast(field.dataType).alias(field.name) for field in value_fields(labels)],
+        (reason if isinstance(reason, Column) else F.lit(reason)).alias(ERROR_REASON),
+        F.concat(reason if isinstance(reason, Column) else F.lit(reason), F.lit(": "), message).alias(ERROR),
+        F.lit(None).cast("string").alias(NOTE),
     )
 
 
@@ -236,11 +340,7 @@ def open_source(
     """
     if images is not None:
         paths = [storage.qualify(spark, path) for path in images]
-        try:
-            reader = resolve_reader(config.reader, paths)
-            source: Source = ImageFiles(list_images(spark, paths), config.max_image_bytes, reader)
-        except ValueError as error:  # ImagePathError included
-            raise ScoreError(str(error)) from None
+        source = _image_source(spark, config, paths)
         inputs = {"images": paths}
     else:
         frame = read_table(spark, table)
@@ -249,6 +349,31 @@ def open_source(
         inputs = {"table": storage.qualify(spark, table)}
     source.labels = tuple(spec["labels"])
     return source, inputs
+
+
+def _image_source(spark: SparkSession, config: ScoreConfig, paths: Sequence[str]) -> Source:
+    """Files in folders and globs, members of zip archives, or both (`Combined`).
+
+    Raises:
+        ScoreError: a missing path, a bad reader, or DICOM inputs without pydicom.
+    """
+    try:
+        listing = list_sources(spark, paths)
+        parts: list[Source] = []
+        if listing.files is not None:
+            folders = [path for path in paths if not is_archive(path)]
+            reader = resolve_reader(config.reader, folders)
+            parts.append(ImageFiles(listing.files, config.max_image_bytes, reader))
+        if listing.archives is not None:
+            parts.append(ArchiveMembers(listing, config.max_image_bytes))
+    except ValueError as error:  # ImagePathError included
+        raise ScoreError(str(error)) from None
+    source = parts[0] if len(parts) == 1 else Combined(parts)
+    if not dicom.available():
+        is_dicom = F.lower(F.col(PATH)).endswith(dicom.SUFFIX)
+        if source.listing().where(is_dicom).limit(1).count():
+            raise ScoreError(f"DICOM inputs (.dcm) need pydicom: {dicom.INSTALL_HINT}")
+    return source
 
 
 def _check_table_size(frame: DataFrame, spec: dict) -> None:

@@ -1,21 +1,19 @@
-"""Finding image files with Spark and handing their bytes to the Python workers that decode them.
+"""Finding images with Spark: folders and globs through `binaryFile`, zip archives by their central
+directories.
 
 Spark lists and plans: its `binaryFile` source walks directories and globs on any Hadoop file system,
 and its scan, selecting only `path`, `length` and `modificationTime`, never reads a file's bytes (it
-only looks up each file's status). The bytes go
-from storage straight into the Python worker that decodes them (`reader="python"`): plain file I/O for
-local and mounted paths, `pyarrow.fs` for `hdfs:`, `s3:`/`s3a:` and `gs:`. The JVM reading each file and
-shipping its bytes over Arrow (`binaryFile`'s `content` column, `reader="spark"`) costs about as much
-core time as decoding it, so it is only the fallback for file systems that workers cannot open.
-
-A file that cannot be read in the worker (it vanished after the listing, or permissions) is not an
-exception but an `ImageError` with reason `unreadable_file` in place of its bytes, so each job turns it
-into its own row.
+only looks up each file's status). A path ending in `.zip` is an archive read in place
+(`skinspark.images.archives`): Spark lists the archive files, the driver plans their members. The
+bytes go from storage straight into the Python worker that decodes them (`reader="python"`): plain file
+I/O for local and mounted paths, `pyarrow.fs` for `hdfs:`, `s3:`/`s3a:` and `gs:`. The JVM reading each
+file and shipping its bytes over Arrow (`binaryFile`'s `content` column, `reader="spark"`) costs about
+as much core time as decoding it, so it is only the fallback for file systems that workers cannot open.
 """
 
 from __future__ import annotations
 
-import threading
+import dataclasses
 from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -23,28 +21,29 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from skinspark import schema
 from skinspark.errors import first_line
-from skinspark.preprocess import ImageError
+from skinspark.images import archives
+from skinspark.images.files import ARROW_SCHEMES, LOCAL_SCHEMES, python_readable, scheme_of
 
-# Any-case .jpg / .jpeg / .png (Hadoop glob syntax, applied to file names): one set for every job.
-IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
-IMAGE_KINDS = ".jpg/.jpeg/.png"
+# The image files every job takes, any case (.dcm: DICOM, skinspark.images.dicom): one set for folders
+# (a Hadoop glob on file names) and zip members alike.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+_ANY_CASE = ",".join("".join(f"[{c.lower()}{c.upper()}]" for c in suffix[1:]) for suffix in IMAGE_SUFFIXES)
+IMAGE_GLOB = f"*.{{{_ANY_CASE}}}"
+IMAGE_KINDS = "/".join(IMAGE_SUFFIXES)
+ARCHIVE_GLOB = "*.[zZ][iI][pP]"
 READERS = ("auto", "python", "spark")
 PATH, LENGTH, CONTENT = "path", "length", "content"
 FILE_PATH = "file_path"  # the column of `_metadata` that Spark evaluates against its file listing
-# Schemes a Python worker opens itself; anything else is read by Spark (`reader="auto"`).
-LOCAL_SCHEMES = ("", "file")
-ARROW_SCHEMES = {"hdfs": "hdfs", "viewfs": "hdfs", "s3": "s3", "s3a": "s3", "s3n": "s3", "gs": "gs"}
 
 
 class ImagePathError(ValueError):
     """No image paths, or a path that does not exist; the message is one line for the user."""
 
 
-def list_images(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
+def list_images(spark: SparkSession, paths: Sequence[str], glob: str = IMAGE_GLOB) -> DataFrame:
     """Spark's `binaryFile` source over directories (searched recursively) or globs, any-case
-    .jpg/.jpeg/.png.
+    .jpg/.jpeg/.png/.dcm (or the files `glob` matches).
 
     Args:
         spark: the session.
@@ -64,7 +63,7 @@ def list_images(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
     frame = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", IMAGE_GLOB)
+        .option("pathGlobFilter", glob)
         .option("ignoreMissingFiles", "true")
         .option("ignoreCorruptFiles", "true")
     )
@@ -86,7 +85,7 @@ def resolve_reader(reader: str, paths: Sequence[str]) -> str:
     """
     if reader not in READERS:
         raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
-    schemes = {_scheme(path) for path in paths}
+    schemes = {scheme_of(path) for path in paths}
     if reader == "auto":
         return "python" if schemes <= set(LOCAL_SCHEMES) else "spark"
     unknown = sorted(schemes - set(LOCAL_SCHEMES) - set(ARROW_SCHEMES))
@@ -184,99 +183,71 @@ def scan_settings(partition_mb: int, open_cost_bytes: int, batch_rows: int) -> d
     }
 
 
-# --------------------------------------------------------------------------------------------------
-# In the Python worker
+@dataclasses.dataclass
+class Listing:
+    """A job's image inputs: `files`, Spark's `binaryFile` frame over the folders and globs (None when
+    there are none), and `archives`, the plan of the zip archives' members (None when there are none)."""
 
-_FILE_SYSTEMS: dict[tuple[str, str], object] = {}
-_FS_LOCK = threading.Lock()
+    files: DataFrame | None
+    archives: archives.ArchivePlan | None
+
+    def members_frame(self, spark: SparkSession) -> DataFrame | None:
+        """The members as a Spark frame (`path`, `length`, the coordinates, `reason`, `message`), in
+        archive and offset order, so that each task reads a run of one archive."""
+        if self.archives is None:
+            return None
+        members = self.archives.members
+        spark_schema = ", ".join(
+            [f"{PATH} string", f"{LENGTH} bigint"]
+            + [f"{name} {kind}" for name, kind in archives.MEMBER_TYPES.items()]
+            + ["reason string", "message string"]
+        )
+        rows = members.astype(object).where(members.notna(), None)
+        return spark.createDataFrame(rows, spark_schema)
+
+    def entries(self, spark: SparkSession, reader: str) -> DataFrame:
+        """Every readable image, file or member, with the columns `skinspark.images.batch_contents`
+        reads from (`read_columns(reader, members=True)`): a member's coordinates are null for a file."""
+        parts = []
+        if self.files is not None:
+            columns = [PATH, CONTENT] if reader == "spark" else [PATH]
+            nulls = [F.lit(None).cast(kind).alias(name) for name, kind in archives.MEMBER_TYPES.items()]
+            parts.append(self.files.select(*columns, LENGTH, *nulls))
+        members = self.members_frame(spark)
+        if members is not None:
+            readable = members.where(F.col("reason").isNull())
+            content = [F.lit(None).cast("binary").alias(CONTENT)] if reader == "spark" else []
+            parts.append(readable.select(PATH, *content, LENGTH, *archives.MEMBER_COLUMNS))
+        frame = parts[0]
+        for part in parts[1:]:
+            frame = frame.unionByName(part)
+        return frame
 
 
-def read_file(path: str) -> bytes:
-    """The bytes of one file, named as Spark lists it (`file:/a/b.jpg`, `/a/b.jpg`, `hdfs://nn/a.jpg`,
-    `s3a://bucket/a.jpg`, `gs://bucket/a.jpg`).
+def list_sources(spark: SparkSession, paths: Sequence[str]) -> Listing:
+    """List a job's image inputs: folders and globs with `list_images`, and each path ending in `.zip`
+    (any case) as an archive read in place (Spark lists the archive files, the driver reads their
+    central directories).
 
     Raises:
-        OSError: the file cannot be opened or read.
-        ValueError: a scheme no Python file system here handles.
+        ImagePathError: no paths, a path that does not exist, or an archive a Python worker could
+            not open (a scheme `pyarrow.fs` does not handle).
     """
-    scheme = _scheme(path)
-    if scheme in LOCAL_SCHEMES:
-        with open(_local_path(path), "rb") as stream:
-            return stream.read()
-    file_system, inner = _arrow_location(path)
-    with file_system.open_input_stream(inner) as stream:
-        return stream.read()
-
-
-def read_files(paths: Sequence[str]) -> list[bytes | ImageError]:
-    """Read each path; a file that cannot be read gives an `ImageError` (`unreadable_file`) instead."""
-    contents: list[bytes | ImageError] = []
-    for path in paths:
-        try:
-            contents.append(read_file(path))
-        except (OSError, ValueError) as error:
-            detail = f"{type(error).__name__}: {error}"
-            contents.append(ImageError(schema.REASON_UNREADABLE, f"cannot read the file: {detail}"))
-    return contents
-
-
-def read_columns(reader: str) -> list[str]:
-    """The listing columns a reader's workers need: `path`, plus Spark's `content` for "spark"."""
-    return [PATH, CONTENT] if reader == "spark" else [PATH]
-
-
-def batch_contents(batch, reader: str) -> Sequence[bytes | ImageError]:
-    """The encoded bytes of each row of a pandas batch: read from `path` ("python") or taken from the
-    `content` column Spark filled ("spark")."""
-    if reader == "spark":
-        return batch[CONTENT]
-    return read_files(list(batch[PATH]))
-
-
-def _scheme(path: str) -> str:
-    head, sep, _ = path.partition(":")
-    # A Windows drive letter or a plain relative path has no scheme.
-    return head.lower() if sep and len(head) > 1 and "/" not in head else ""
-
-
-def _local_path(path: str) -> str:
-    if not path.lower().startswith("file:"):
-        return path
-    rest = path[len("file:") :]
-    if rest.startswith("//"):  # file://host/a or file:///a: keep what follows the authority
-        authority, _, tail = rest[2:].partition("/")
-        if authority not in ("", "localhost"):
-            raise ValueError(f"cannot open a file on another host: {path}")
-        return "/" + tail
-    return rest
-
-
-def _arrow_location(path: str):
-    """The pyarrow file system for a path's scheme and authority, and the path inside it."""
-    scheme = _scheme(path)
-    kind = ARROW_SCHEMES.get(scheme)
-    if kind is None:
-        raise ValueError(f"no Python file system for {scheme}: paths ({path}); use reader 'spark'")
-    rest = path[len(scheme) + 1 :].lstrip("/") if kind != "hdfs" else path[len(scheme) + 1 :]
-    if kind == "hdfs":
-        authority, _, inner = rest.removeprefix("//").partition("/")
-        inner = "/" + inner
-    else:
-        authority, inner = rest.split("/", 1)[0], rest  # bucket/key
-    key = (kind, authority)
-    with _FS_LOCK:
-        file_system = _FILE_SYSTEMS.get(key)
-        if file_system is None:
-            file_system = _FILE_SYSTEMS[key] = _connect(kind, authority)
-    return file_system, inner
-
-
-def _connect(kind: str, authority: str):
-    from pyarrow import fs
-
-    if kind == "hdfs":
-        host, _, port = authority.partition(":")
-        return fs.HadoopFileSystem(host or "default", int(port) if port else 0)
-    if kind == "s3":
-        return fs.S3FileSystem()  # credentials and region from the usual AWS environment and files
-    return fs.GcsFileSystem()
+    if not paths:
+        raise ImagePathError("no image paths given")
+    zips = [path for path in paths if archives.is_archive(path)]
+    folders = [path for path in paths if not archives.is_archive(path)]
+    files = list_images(spark, folders) if folders else None
+    plan = None
+    if zips:
+        unreadable = [path for path in zips if not python_readable(path)]
+        if unreadable:
+            raise ImagePathError(
+                f"zip archives are read in place by the Python workers, which cannot open {unreadable[0]}"
+            )
+        listed = list_images(spark, zips, ARCHIVE_GLOB).select(PATH).collect()
+        found = sorted({row[PATH] for row in listed})
+        if not found:
+            raise ImagePathError(f"no zip archive found at {', '.join(zips)}")
+        plan = archives.plan_archives(found, IMAGE_SUFFIXES)
+    return Listing(files, plan)

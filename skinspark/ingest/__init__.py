@@ -46,6 +46,8 @@ from skinspark.ingest.metadata import (
     CORRUPT_COLUMN,
     ROW_NUMBER,
     check_encoding,
+    detect_separator,
+    read_header_line,
     read_metadata,
     validate_metadata,
 )
@@ -152,6 +154,8 @@ def ingest(
         if config.folds:
             counts["folds"] = fold_counts(plan, config.folds)
         manifest = manifest_for(config, reader, image_paths, metadata_path, counts)
+        separator = detect_separator(read_header_line(spark, metadata_path))
+        manifest["inputs"]["metadata_separator"] = "tab" if separator == "\t" else "comma"
         if listing.archives is not None:
             manifest["archives"] = {
                 "totals": listing.archives.totals(),

@@ -1,4 +1,5 @@
-"""The metadata CSV: read as raw text with an all-string schema, decoded strictly, checked row by row."""
+"""The metadata file, comma- or tab-separated: read as raw text with an all-string schema, decoded
+strictly, checked row by row."""
 
 from __future__ import annotations
 
@@ -17,47 +18,48 @@ from skinspark.ingest.report import IngestError
 
 CORRUPT_COLUMN = "_corrupt_record"
 ROW_NUMBER = "_row"
-# The CSV is read as raw text, one character per byte, and each field decoded afterwards (see
+# The file is read as raw text, one character per byte, and each field decoded afterwards (see
 # read_metadata): Spark's own decoding would replace bad bytes without saying so.
 RAW_TEXT_ENCODING = "ISO-8859-1"
+COMMA = ","
+# Harvard Dataverse ships HAM10000's metadata as `HAM10000_metadata.tab`: tab-separated, text quoted.
+TAB = "\t"
+BOM = "\ufeff"
 
 
 def read_metadata(spark: SparkSession, csv_path: str, encoding: str = "utf-8") -> DataFrame:
-    """Read the metadata CSV with an explicit all-string schema taken from (and checked against) its header.
+    """Read the metadata file with an explicit all-string schema taken from (and checked against) its header.
 
-    The seven HAM10000 columns must be present; further columns (the current release's `dataset`) are
+    The separator is a comma or a tab, whichever the header line shows (`detect_separator`; the file's
+    extension does not matter); text fields may be double-quoted, as in Dataverse's `.tab` export. The
+    seven HAM10000 columns must be present; further columns (the current release's `dataset`) are
     carried through. Malformed lines land in `_corrupt_record` instead of failing the read. Spark would
     silently turn bytes that are not valid in the file's encoding into U+FFFD, so the text is read
     losslessly, one character per byte (`RAW_TEXT_ENCODING`), and `validate_metadata` decodes each
     field in `encoding`, rejecting a row that does not decode instead of rewriting it.
 
+    Args:
+        spark: the session.
+        csv_path: the metadata file (`.csv`, `.tab`, `.tsv`, ...), any Hadoop URI or local path.
+        encoding: the file's text encoding; must be ASCII-compatible.
+
     Returns:
-        The CSV's columns as raw text, `_corrupt_record`, and `_row` (0, 1, ... in file order).
+        The file's columns as raw text, `_corrupt_record`, and `_row` (0, 1, ... in file order).
 
     Raises:
-        IngestError: the file is missing, empty or lacks required columns, or `encoding` is unknown or
-            not ASCII-compatible (UTF-16 and UTF-32 are not: save the CSV as UTF-8).
+        IngestError: the file is missing, empty or lacks required columns (with a hint when it looks
+            `;`-separated), or `encoding` is unknown or not ASCII-compatible (UTF-16 and UTF-32 are
+            not: save the file as UTF-8).
     """
     check_encoding(encoding)
-    try:
-        first = spark.read.text(csv_path).first()
-    except AnalysisException as error:
-        raise IngestError(f"metadata CSV not found or unreadable: {csv_path} ({first_line(error)})") from None
-    if first is None:
-        raise IngestError(f"metadata CSV is empty: {csv_path}")
-    columns = [name.strip().lstrip("\ufeff") for name in next(csv.reader([first.value]))]
-    missing = [name for name in schema.METADATA_COLUMNS if name not in columns]
-    if missing:
-        raise IngestError(
-            f"metadata CSV {csv_path} lacks required columns {missing}; its header has {columns}"
-            + _separator_hint(first.value)
-        )
-    if len(set(columns)) != len(columns) or CORRUPT_COLUMN in columns or "" in columns:
-        raise IngestError(f"metadata CSV {csv_path} has empty or repeated column names: {columns}")
+    header = read_header_line(spark, csv_path)
+    separator = detect_separator(header)
+    columns = _checked_columns(header, separator, csv_path)
     fields = [T.StructField(name, T.StringType(), True) for name in columns]
     csv_schema = T.StructType([*fields, T.StructField(CORRUPT_COLUMN, T.StringType(), True)])
     frame = spark.read.csv(
         csv_path,
+        sep=separator,
         header=True,
         schema=csv_schema,
         enforceSchema=True,  # the header was checked above; raw text would show a BOM as three characters
@@ -69,14 +71,61 @@ def read_metadata(spark: SparkSession, csv_path: str, encoding: str = "utf-8") -
     return frame.coalesce(1).withColumn(ROW_NUMBER, F.monotonically_increasing_id())
 
 
+def read_header_line(spark: SparkSession, csv_path: str) -> str:
+    """The metadata file's first line as text, for `detect_separator`.
+
+    Raises:
+        IngestError: the file is missing, unreadable or empty.
+    """
+    try:
+        first = spark.read.text(csv_path).first()
+    except AnalysisException as error:
+        raise IngestError(f"metadata CSV not found or unreadable: {csv_path} ({first_line(error)})") from None
+    if first is None:
+        raise IngestError(f"metadata CSV is empty: {csv_path}")
+    return first.value
+
+
+def detect_separator(header_line: str) -> str:
+    """`TAB` when the header line splits into all of `schema.METADATA_COLUMNS` on tabs (names may be
+    double-quoted, a BOM is ignored), else `COMMA`; a header that fits neither fails later, in
+    `read_metadata`, with the columns it has."""
+    return COMMA if _missing_columns(_header_columns(header_line, TAB)) else TAB
+
+
+def _header_columns(header_line: str, separator: str) -> list[str]:
+    """The column names of a header line split on `separator`: unquoted, stripped, without a BOM."""
+    # The BOM goes before parsing: in front of a quoted first name it would keep its quotes literal.
+    return [name.strip() for name in next(csv.reader([header_line.lstrip(BOM)], delimiter=separator))]
+
+
+def _missing_columns(columns: list[str]) -> list[str]:
+    """The required columns (`schema.METADATA_COLUMNS`) that `columns` lacks, in schema order."""
+    return [name for name in schema.METADATA_COLUMNS if name not in columns]
+
+
+def _checked_columns(header_line: str, separator: str, csv_path: str) -> list[str]:
+    """The header's column names; raises IngestError unless they hold the required columns, once each."""
+    columns = _header_columns(header_line, separator)
+    missing = _missing_columns(columns)
+    if missing:
+        raise IngestError(
+            f"metadata CSV {csv_path} lacks required columns {missing}; its header has {columns}"
+            + _separator_hint(header_line)
+        )
+    if len(set(columns)) != len(columns) or CORRUPT_COLUMN in columns or "" in columns:
+        raise IngestError(f"metadata CSV {csv_path} has empty or repeated column names: {columns}")
+    return columns
+
+
 def check_encoding(encoding: str) -> str:
     """The codec's canonical name; raises IngestError unless Python knows it and it keeps ASCII as is
-    (the CSV's commas, quotes and newlines are then the same bytes in every such encoding)."""
+    (the file's commas, tabs, quotes and newlines are then the same bytes in every such encoding)."""
     try:
         name = codecs.lookup(encoding).name
     except LookupError:
         raise IngestError(f"unknown metadata encoding {encoding!r}") from None
-    probe = 'a,"b"\n'
+    probe = 'a,"b"\tc\n'
     try:
         same = probe.encode(name) == probe.encode("ascii")
     except UnicodeError:
@@ -88,11 +137,10 @@ def check_encoding(encoding: str) -> str:
     return name
 
 
-def _separator_hint(header: str) -> str:
-    for separator, name in ((";", "';'"), ("\t", "tab")):
-        parts = [part.strip().strip('"').lstrip("\ufeff") for part in header.split(separator)]
-        if all(column in parts for column in schema.METADATA_COLUMNS):
-            return f"; the file looks {name}-separated: save it comma-separated"
+def _separator_hint(header_line: str) -> str:
+    # Only `;` is left to hint at: commas and tabs are both read.
+    if not _missing_columns(_header_columns(header_line, ";")):
+        return "; the file looks ';'-separated: save it comma- or tab-separated"
     return ""
 
 

@@ -21,8 +21,15 @@ Everything is deterministic for a seed: the metadata comes from one generator se
 lesion's appearance from (seed, lesion number) and each image's variation from (seed, image number), so
 the CSV and every JPEG are byte-identical whatever the number of worker processes.
 
+The same dataset can be written in the other forms it is downloaded in (`form`, `--form`): `dataverse`,
+as Harvard Dataverse serves HAM10000 (the part folders as `HAM10000_images_part_1.zip` and
+`HAM10000_images_part_2.zip`, the metadata as the tab-separated `HAM10000_metadata.tab`), or `dicom`
+(each image as `<image_id>.dcm` wrapping its JPEG, in the part folders, beside the CSV). The JPEGs are
+the same bytes in every form.
+
 Usage:
     python -m skinspark.tools.synthetic --output DIR --images N --seed S [--workers W] [--legacy-columns]
+        [--form folders|dataverse|dicom] [--zip-compression stored|deflated]
 """
 
 from __future__ import annotations
@@ -31,14 +38,39 @@ import argparse
 import math
 import multiprocessing
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from skinspark.schema import HAM10000_IMAGES, IMAGE_FOLDERS, LABELS, METADATA_COLUMNS, METADATA_FILE
+from skinspark.schema import (
+    DATAVERSE_IMAGE_ARCHIVES,
+    DATAVERSE_METADATA_FILE,
+    HAM10000_IMAGES,
+    IMAGE_FOLDERS,
+    LABELS,
+    METADATA_COLUMNS,
+    METADATA_FILE,
+)
+from skinspark.tools.synthetic.dicom import SUFFIX as DICOM_SUFFIX
+from skinspark.tools.synthetic.dicom import require_pydicom
+from skinspark.tools.synthetic.forms import (
+    DATAVERSE,
+    DEFAULT_ZIP_COMPRESSION,
+    DICOM,
+    FOLDER_FORMS,
+    FOLDERS,
+    FORMS,
+    ZIP_COMPRESSIONS,
+    check_form,
+    write_archives,
+    write_dicoms,
+    write_tab,
+)
 from skinspark.tools.synthetic.looks import CLASS_STYLES, LesionAppearance, lesion_appearance
 from skinspark.tools.synthetic.metadata import (
     CURRENT_METADATA_COLUMNS,
@@ -59,9 +91,11 @@ __all__ = [
     "CLASS_STYLES",
     "CURRENT_METADATA_COLUMNS",
     "DATASET_COUNTS",
+    "FORMS",
     "JPEG_QUALITY",
     "LOCALIZATION_COUNTS",
     "MAX_IMAGES_PER_LESION",
+    "ZIP_COMPRESSIONS",
     "LesionAppearance",
     "args_parser",
     "format_summary",
@@ -88,15 +122,24 @@ def _check_workers(workers: int | None) -> int:
     return int(workers)
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> None:
-    """Create the folders; refuse to mix with a previous dataset unless told to replace it.
-
-    Leftover images from a bigger earlier run would otherwise sit next to a CSV that does not list them.
-    """
-    existing = [output_dir / METADATA_FILE] if (output_dir / METADATA_FILE).exists() else []
+def _dataset_files(output_dir: Path) -> list[Path]:
+    """The files of a dataset of any form in `output_dir`: metadata, archives and images."""
+    named = (METADATA_FILE, DATAVERSE_METADATA_FILE, *DATAVERSE_IMAGE_ARCHIVES)
+    files = [output_dir / name for name in named if (output_dir / name).exists()]
     for folder in IMAGE_FOLDERS:
         if (output_dir / folder).is_dir():
-            existing.extend((output_dir / folder).glob("ISIC_*.jpg"))
+            for suffix in (".jpg", DICOM_SUFFIX):
+                files.extend((output_dir / folder).glob(f"ISIC_*{suffix}"))
+    return files
+
+
+def _prepare_output(output_dir: Path, overwrite: bool, form: str) -> None:
+    """Create the folders; refuse to mix with a previous dataset unless told to replace it.
+
+    Leftover images from a bigger earlier run, or from another form, would otherwise sit next to
+    metadata that does not list them.
+    """
+    existing = _dataset_files(output_dir)
     if existing and not overwrite:
         raise FileExistsError(
             f"{output_dir} already holds a dataset ({len(existing)} files); "
@@ -104,8 +147,12 @@ def _prepare_output(output_dir: Path, overwrite: bool) -> None:
         )
     for path in existing:
         path.unlink()
+    output_dir.mkdir(parents=True, exist_ok=True)
     for folder in IMAGE_FOLDERS:
-        (output_dir / folder).mkdir(parents=True, exist_ok=True)
+        if form in FOLDER_FORMS:
+            (output_dir / folder).mkdir(exist_ok=True)
+        elif (output_dir / folder).is_dir() and not any((output_dir / folder).iterdir()):
+            (output_dir / folder).rmdir()  # emptied above: a zipped dataset has no part folders
 
 
 def _chunks(tasks: list, size: int) -> Iterable[list]:
@@ -129,6 +176,55 @@ def _render_all(seed: int, tasks: list[tuple[int, int, str, str]], workers: int)
         raise RuntimeError(f"wrote {written} of {len(tasks)} images")
 
 
+def _render_tasks(metadata: pd.DataFrame, root: Path) -> list[tuple[int, int, str, str]]:
+    """(image number, lesion number, label, JPEG path under `root`'s part folders), by image number."""
+    images = len(metadata)
+    return sorted(
+        (
+            id_number(image_id),
+            id_number(lesion_id),
+            label,
+            str(root / part_folder(id_number(image_id), images) / f"{image_id}.jpg"),
+        )
+        for lesion_id, label, image_id in zip(
+            metadata["lesion_id"], metadata["dx"], metadata["image_id"], strict=True
+        )
+    )
+
+
+def _write_images(
+    metadata: pd.DataFrame, output_dir: Path, seed: int, workers: int, form: str, zip_compression: str | None
+) -> dict:
+    """Render every image and leave it in `form`; returns the summary's entries that say where."""
+    if form == FOLDERS:
+        _render_all(seed, _render_tasks(metadata, output_dir), workers)
+        return {"image_folders": [str(output_dir / folder) for folder in IMAGE_FOLDERS]}
+    # The other forms package the same JPEGs; a staging folder beside them (same file system) holds the
+    # rendered files until then and goes, with whatever is in it, even when the run fails.
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=output_dir) as staging:
+        staging = Path(staging)
+        for folder in IMAGE_FOLDERS:
+            (staging / folder).mkdir()
+        _render_all(seed, _render_tasks(metadata, staging), workers)
+        if form == DATAVERSE:
+            archives = write_archives(staging, output_dir, zip_compression, workers)
+            return {"archives": [str(path) for path in archives], "zip_compression": zip_compression}
+        lesion_ids = dict(zip(metadata["image_id"], metadata["lesion_id"], strict=True))
+        folders = write_dicoms(staging, output_dir, lesion_ids)
+        return {"image_folders": [str(path) for path in folders]}
+
+
+def _write_metadata(metadata: pd.DataFrame, output_dir: Path, form: str) -> Path:
+    """Write the metadata file of `form` (Dataverse's .tab or the CSV); returns its path."""
+    if form == DATAVERSE:
+        path = output_dir / DATAVERSE_METADATA_FILE
+        write_tab(metadata, path)
+    else:
+        path = output_dir / METADATA_FILE
+        metadata.to_csv(path, index=False, lineterminator="\n")
+    return path
+
+
 def generate(
     output_dir: str | os.PathLike,
     images: int = HAM10000_IMAGES,
@@ -136,40 +232,40 @@ def generate(
     workers: int | None = None,
     legacy_columns: bool = False,
     overwrite: bool = False,
+    form: str = FOLDERS,
+    zip_compression: str | None = None,
 ) -> dict:
     """Write a synthetic HAM10000 dataset to `output_dir` and return a summary.
 
     Takes the output folder (created if missing), the number of images (>= 1; from 7 up every class has
     at least one image), a non-negative seed, the number of worker processes (default os.cpu_count()),
-    whether to write the older 7-column CSV without `dataset`, and whether to replace a dataset already
-    in the folder. Returns a dict with images, lesions, class_counts (label -> images), seconds,
-    images_per_second, metadata_path, output_dir, seed and workers. Raises ValueError for bad arguments
-    and FileExistsError if the folder already holds a dataset and overwrite is False.
+    whether to write the older 7-column metadata without `dataset`, whether to replace a dataset (of any
+    form) already in the folder, the form (`folders`: JPEGs in the part folders and the CSV;
+    `dataverse`: the two zips and the .tab; `dicom`: `.dcm` files in the part folders and the CSV) and,
+    for `dataverse` only, the zip compression (`stored` or `deflated`, the default).
+
+    Returns a dict with images, lesions, class_counts (label -> images), seconds, images_per_second,
+    metadata_path (the CSV, or the .tab for dataverse), output_dir, seed, workers, form, and where the
+    images are: archives (the zip paths) and zip_compression for dataverse, image_folders otherwise.
+
+    Raises ValueError for bad arguments, FileExistsError if the folder already holds a dataset and
+    overwrite is False, and ImportError (one line naming the extra) for the dicom form without pydicom 3;
+    all before anything is written.
     """
     check_images(images)
     check_seed(seed)
     workers = _check_workers(workers)
+    zip_compression = check_form(form, zip_compression)
+    if form == DICOM:
+        require_pydicom()
     started = time.perf_counter()
     output_dir = Path(output_dir)
     metadata = make_metadata(images, seed)
-    _prepare_output(output_dir, overwrite)
-    numbers = [id_number(image_id) for image_id in metadata["image_id"]]
-    tasks = sorted(
-        (
-            number,
-            id_number(lesion_id),
-            label,
-            str(output_dir / part_folder(number, images) / f"{image_id}.jpg"),
-        )
-        for number, lesion_id, label, image_id in zip(
-            numbers, metadata["lesion_id"], metadata["dx"], metadata["image_id"], strict=True
-        )
-    )
-    _render_all(seed, tasks, workers)
-    # The CSV goes last, so an interrupted run never leaves metadata that points at missing images.
+    _prepare_output(output_dir, overwrite, form)
+    where = _write_images(metadata, output_dir, seed, workers, form, zip_compression)
+    # The metadata goes last, so an interrupted run never leaves metadata that points at missing images.
     columns = list(METADATA_COLUMNS if legacy_columns else CURRENT_METADATA_COLUMNS)
-    metadata_path = output_dir / METADATA_FILE
-    metadata[columns].to_csv(metadata_path, index=False, lineterminator="\n")
+    metadata_path = _write_metadata(metadata[columns], output_dir, form)
     seconds = time.perf_counter() - started
     class_counts = {label: int((metadata["dx"] == label).sum()) for label in LABELS}
     return {
@@ -182,17 +278,29 @@ def generate(
         "output_dir": str(output_dir),
         "seed": int(seed),
         "workers": workers,
+        "form": form,
+        **where,
     }
+
+
+def _images_line(summary: dict) -> str:
+    """Where a generate() summary's images were written: the zips, or the part folders and file type."""
+    if summary["form"] == DATAVERSE:
+        return f"images: {', '.join(summary['archives'])} ({summary['zip_compression']} zips)"
+    kind = "DICOM" if summary["form"] == DICOM else "JPEG"
+    return f"images: {', '.join(summary['image_folders'])} ({kind} files)"
 
 
 def format_summary(summary: dict) -> str:
     """A short human-readable report of a generate() summary."""
     classes = ", ".join(f"{label} {count}" for label, count in summary["class_counts"].items())
     return (
-        f"wrote {summary['images']} images of {summary['lesions']} lesions to {summary['output_dir']}\n"
+        f"wrote {summary['images']} images of {summary['lesions']} lesions to {summary['output_dir']} "
+        f"({summary['form']} form)\n"
         f"classes: {classes}\n"
         f"{summary['seconds']:.1f} s, {summary['images_per_second']:.0f} images/s "
         f"({summary['workers']} workers)\n"
+        f"{_images_line(summary)}\n"
         f"metadata: {summary['metadata_path']}"
     )
 
@@ -222,6 +330,21 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a dataset already in the output folder"
     )
+    parser.add_argument(
+        "--form",
+        choices=FORMS,
+        default=FOLDERS,
+        help="folders: JPEGs in the two part folders and the CSV; dataverse: the two part zips and "
+        "HAM10000_metadata.tab, as Harvard Dataverse serves them; dicom: <image_id>.dcm files wrapping "
+        "the JPEGs in the part folders and the CSV, needs skinspark[dicom] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--zip-compression",
+        choices=tuple(ZIP_COMPRESSIONS),
+        default=None,
+        help=f"how the dataverse form's zips hold the JPEGs (default: {DEFAULT_ZIP_COMPRESSION}, as "
+        "Dataverse's are)",
+    )
     return parser
 
 
@@ -237,8 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             legacy_columns=args.legacy_columns,
             overwrite=args.overwrite,
+            form=args.form,
+            zip_compression=args.zip_compression,
         )
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, FileExistsError, ImportError) as error:
         parser.error(str(error))  # exits with status 2 and the usage line
     print(format_summary(summary))
     return 0

@@ -12,7 +12,10 @@ TensorFlow Lite exports of the score section's model and the scoring job run wit
 (the paper's 25 epochs split by lesion, by image, and after oversampling before the split; about an
 hour on 2 cores, so not in the default set; `--protocols` runs some of them, and the by-image
 protocols' test figures are taken apart by whether a photograph of the lesion was trained on) and
-`learning_precision` (the lesion split's 25 epochs in float32 and in bfloat16). Figures of earlier
+`learning_precision` (the lesion split's 25 epochs in float32 and in bfloat16), `archives` (ingest and
+scoring from the two part zips, stored and deflated, against the part folders; scoring of the images as
+DICOM against the JPEGs; planning, scoring rate and peak memory of one zip of `--archive-members`
+small members). Figures of earlier
 runs in the same JSON file are kept; a section run again replaces its own. Also `python
 jobs/benchmark.py ...` and the console script `skinspark-benchmark`.
 """
@@ -27,11 +30,11 @@ from pathlib import Path
 
 from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, parse_overrides
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config
-from skinspark.tools import benchmark, benchmark_export, learning
+from skinspark.tools import benchmark, benchmark_archives, benchmark_export, learning
 from skinspark.tools.synthetic import generate
 from skinspark.versions import package_versions
 
-SECTIONS = ("ingest", "train", "score", "export", "learning", "learning_precision")
+SECTIONS = ("ingest", "train", "score", "export", "learning", "learning_precision", "archives")
 DEFAULT_SECTIONS = "ingest,train,score"
 
 
@@ -53,6 +56,10 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--archive-files", type=int, default=50000, help="score: the large archive for the memory check"
     )
+    parser.add_argument(
+        "--archive-members", type=int, default=200_000, help="archives: members of the large zip"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="archives: alternating rounds of each form")
     parser.add_argument("--output", default=None, help="JSON file (default WORK/benchmark.json)")
     return add_common_arguments(parser)
 
@@ -98,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             elif section == "export":
                 results["export"] = benchmark_export.bench_export(
                     spark, data, work, configs["ingest"].job, configs["train"].job, configs["score"].job
+                )
+            elif section == "archives":
+                results["archives"] = benchmark_archives.bench_archives(
+                    spark,
+                    data,
+                    work,
+                    configs["ingest"].job,
+                    configs["train"].job,
+                    configs["score"].job,
+                    rounds=args.rounds,
+                    scale_members=args.archive_members,
                 )
             elif section == "score":
                 results["score"] = benchmark.bench_score(

@@ -651,7 +651,7 @@ def score_memory(data_dir: Path, work_dir: Path, model_dir: Path, archive_files:
             "local[2]",
         ]
         started = time.perf_counter()
-        peak = _peak_tree_rss(command)
+        peak = peak_tree_rss(command)
         manifest = json.loads((output / "_manifest.json").read_text())
         runs[name] = {
             "files": manifest["run"]["files_seen"],
@@ -663,7 +663,7 @@ def score_memory(data_dir: Path, work_dir: Path, model_dir: Path, archive_files:
     return runs
 
 
-def _peak_tree_rss(command: list[str], interval: float = 0.25) -> int:
+def peak_tree_rss(command: list[str], interval: float = 0.25) -> int:
     """Run `command` to the end, sampling the summed RSS of it and all its descendants; the peak."""
     import psutil
 

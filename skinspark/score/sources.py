@@ -178,9 +178,9 @@ class ArchiveMembers(Source):
 
     reader = "python"
 
-    def __init__(self, listing: Listing, max_image_bytes: int):
+    def __init__(self, spark: SparkSession, listing: Listing, max_image_bytes: int):
         self.plan = listing.archives
-        self.frame = listing.members_frame(SparkSession.getActiveSession())
+        self.frame = listing.members_frame(spark)
         self.key = F.xxhash64(F.col(PATH))
         self.max_image_bytes = max_image_bytes
 
@@ -365,7 +365,7 @@ def _image_source(spark: SparkSession, config: ScoreConfig, paths: Sequence[str]
             reader = resolve_reader(config.reader, folders)
             parts.append(ImageFiles(listing.files, config.max_image_bytes, reader))
         if listing.archives is not None:
-            parts.append(ArchiveMembers(listing, config.max_image_bytes))
+            parts.append(ArchiveMembers(spark, listing, config.max_image_bytes))
     except ValueError as error:  # ImagePathError included
         raise ScoreError(str(error)) from None
     source = parts[0] if len(parts) == 1 else Combined(parts)

@@ -132,17 +132,7 @@ class ImageFiles(Source):
             readable = readable.join(done, PATH, "left_anti")
             too_large = too_large.join(done, PATH, "left_anti")
             empty = None if empty is None else empty.join(done, PATH, "left_anti")
-        predictions = readable.mapInPandas(
-            functools.partial(
-                score_partition,
-                data_column=CONTENT,
-                raw_pixels=False,
-                passthrough=[PATH],
-                reader=self.reader,
-                **udf_args,
-            ),
-            T.StructType([T.StructField(PATH, T.StringType(), False), *prediction_fields(self.labels)]),
-        )
+        predictions = _predicted_files(readable, self.reader, self.labels, udf_args)
         limit = f"file is %d bytes, over the {self.max_image_bytes:,}-byte limit (max_image_bytes)"
         rows = predictions.unionByName(
             _error_rows(too_large, schema.REASON_TOO_LARGE, F.format_string(limit, "length"), self.labels)
@@ -196,17 +186,8 @@ class ArchiveMembers(Source):
             selection = selection.join(done, PATH, "left_anti")
         planned = F.col("reason").isNull()
         readable = selection.where(planned & (F.col("length") <= self.max_image_bytes))
-        predictions = readable.select(*read_columns(self.reader, members=True)).mapInPandas(
-            functools.partial(
-                score_partition,
-                data_column=CONTENT,
-                raw_pixels=False,
-                passthrough=[PATH],
-                reader=self.reader,
-                **udf_args,
-            ),
-            T.StructType([T.StructField(PATH, T.StringType(), False), *prediction_fields(self.labels)]),
-        )
+        columns = read_columns(self.reader, members=True)
+        predictions = _predicted_files(readable.select(*columns), self.reader, self.labels, udf_args)
         limit = f"member is %d bytes, over the {self.max_image_bytes:,}-byte limit (max_image_bytes)"
         too_large = selection.where(planned & (F.col("length") > self.max_image_bytes))
         refused = selection.where(~planned)
@@ -256,6 +237,22 @@ class Combined(Source):
 
     def record(self) -> dict:
         return {key: value for part in self.parts for key, value in part.record().items()}
+
+
+def _predicted_files(readable: DataFrame, reader: str, labels: Sequence[str], udf_args: dict) -> DataFrame:
+    """The scored rows of files or members whose bytes the workers read (`reader`): `path` and the
+    prediction fields."""
+    return readable.mapInPandas(
+        functools.partial(
+            score_partition,
+            data_column=CONTENT,
+            raw_pixels=False,
+            passthrough=[PATH],
+            reader=reader,
+            **udf_args,
+        ),
+        T.StructType([T.StructField(PATH, T.StringType(), False), *prediction_fields(labels)]),
+    )
 
 
 def _error_rows(files: DataFrame, reason: str | Column, message: Column, labels: Sequence[str]) -> DataFrame:

@@ -386,7 +386,7 @@ def test_missing_csv_or_images_fail_with_one_clear_line(spark, messy_dataset, tm
         )
         == 2
     )
-    assert "no .jpg/.jpeg/.png images found" in capsys.readouterr().err
+    assert "no .jpg/.jpeg/.png/.dcm images found" in capsys.readouterr().err
     assert (
         ingest_job.main(
             [

@@ -74,7 +74,8 @@ def unwrap(data: bytes) -> DicomImage:
     except (InvalidDicomError, EOFError, OSError, ValueError, AttributeError, KeyError) as error:
         raise ImageError(schema.REASON_INVALID_DICOM, f"not a readable DICOM file: {error}") from None
     if not has_pixels:
-        raise ImageError(schema.REASON_INVALID_DICOM, "the DICOM object has no Pixel Data")
+        message = "no Pixel Data (none in the object, or the file ends before it)"
+        raise ImageError(schema.REASON_INVALID_DICOM, message)
     note = f"DICOM with {frames} frames: frame 1 used" if frames > 1 else None
     if syntax == JPEG_BASELINE:
         return DicomImage(jpeg=_first_frame(dataset, frames), note=note)
@@ -99,7 +100,7 @@ def _decoded_pixels(dataset, syntax: str, frames: int) -> np.ndarray:
             schema.REASON_UNSUPPORTED_DICOM,
             f"transfer syntax {syntax} ({_syntax_name(syntax)}) cannot be decoded here: {error}",
         ) from None
-    except (ValueError, EOFError, AttributeError, KeyError) as error:
+    except (ValueError, EOFError, AttributeError, KeyError, TypeError) as error:
         raise ImageError(schema.REASON_INVALID_DICOM, f"cannot read the pixel data: {error}") from None
     photometric = str(dataset.get("PhotometricInterpretation", ""))
     return _as_rgb(np.asarray(pixels), photometric, int(dataset.get("BitsStored", 8) or 8))
@@ -113,10 +114,8 @@ def _as_rgb(pixels: np.ndarray, photometric: str, bits_stored: int) -> np.ndarra
             pixels = 255 - pixels
         return np.ascontiguousarray(np.repeat(pixels[:, :, None], 3, axis=2))
     if pixels.ndim == 3 and pixels.shape[2] == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            pixels = convert_color_space(pixels, photometric, "RGB")
+        # pydicom 3's pixel_array is RGB already for YBR_FULL, YBR_FULL_422, YBR_RCT and YBR_ICT
+        # (its decoders' `as_rgb` default): converting again would shift every colour.
         return np.ascontiguousarray(pixels)
     raise ImageError(
         schema.REASON_UNSUPPORTED_DICOM, f"pixel data of shape {pixels.shape} ({photometric}) is not an image"

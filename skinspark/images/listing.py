@@ -202,8 +202,7 @@ class Listing:
             + [f"{name} {kind}" for name, kind in archives.MEMBER_TYPES.items()]
             + ["reason string", "message string"]
         )
-        rows = members.astype(object).where(members.notna(), None)
-        return spark.createDataFrame(rows, spark_schema)
+        return spark.createDataFrame(members, spark_schema)
 
     def entries(self, spark: SparkSession, reader: str) -> DataFrame:
         """Every readable image, file or member, with the columns `skinspark.images.batch_contents`

@@ -169,8 +169,10 @@ class ArchiveMembers(Source):
     reader = "python"
 
     def __init__(self, spark: SparkSession, listing: Listing, max_image_bytes: int):
-        self.plan = listing.archives
+        # Only the counts stay on the driver: the members live in the Spark frame from here on.
+        self.counts = {"totals": listing.archives.totals(), "by_archive": listing.archives.counts}
         self.frame = listing.members_frame(spark)
+        listing.archives = None
         self.key = F.xxhash64(F.col(PATH))
         self.max_image_bytes = max_image_bytes
 
@@ -178,7 +180,7 @@ class ArchiveMembers(Source):
         return self.frame.select(PATH, self.key.alias(KEY))
 
     def record(self) -> dict:
-        return {"archives": {"totals": self.plan.totals(), "by_archive": self.plan.counts}}
+        return {"archives": self.counts}
 
     def chunk(self, chunk, done, udf_args):
         selection = self.frame.where(self.key.between(chunk.low, chunk.high))

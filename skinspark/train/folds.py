@@ -21,7 +21,6 @@ from skinspark.train.failures import TrainInputError
 
 FOLD_DATA = "_fold_data"  # the fold's table inside MODEL_DIR, removed once the run is complete
 SOURCE_DIGEST = "source_manifest_sha256"  # which ingest run the fold's table was cut from
-TEST = "test"
 
 
 def fold_count(ingest_manifest: dict, data_dir: str) -> int:
@@ -43,9 +42,9 @@ def fold_frame(table: DataFrame, fold: int) -> DataFrame:
     """The table with `split` set for one fold: 'val' for the rows of fold `fold`, 'train' for the other
     train and val rows, 'test' unchanged."""
     split = (
-        F.when(F.col(schema.SPLIT) == TEST, F.lit(TEST))
-        .when(F.col(schema.FOLD) == fold, F.lit("val"))
-        .otherwise(F.lit("train"))
+        F.when(F.col(schema.SPLIT) == schema.TEST, F.lit(schema.TEST))
+        .when(F.col(schema.FOLD) == fold, F.lit(schema.VAL))
+        .otherwise(F.lit(schema.TRAIN))
     )
     return table.withColumn(schema.SPLIT, split)
 

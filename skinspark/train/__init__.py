@@ -18,7 +18,8 @@ recipe, epoch log, checkpoints and watchdog, and write the same model directory.
     distribute.py   what each tf_distribute worker runs (a process of its own per barrier task)
     barrier.py      the tf_distribute launch: the barrier stage, TF_CONFIG, the driver's watch
     checkpoints.py  epoch checkpoints and --resume
-    failures.py     rank error reports, the driver's diagnosis, the Horovod launch
+    errors.py       training's errors, rank error reports, the driver's diagnosis
+    failures.py     the Horovod launch
     artifacts.py    the files of a finished model directory and the summary
     folds.py        one cross-validation fold's table (`fold`), written beside the model
     cross_validation.py  every fold in turn (`cross_validate`), their metrics' mean and std
@@ -60,14 +61,8 @@ from skinspark.tasks import get_task
 from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
 from skinspark.train.checkpoints import CHECKPOINTS, latest_checkpoint, restore_checkpoint, write_checkpoint
 from skinspark.train.data import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split
-from skinspark.train.failures import (
-    ERRORS,
-    TrainError,
-    TrainInputError,
-    describe_failure,
-    rank_environment,
-    run_ranks,
-)
+from skinspark.train.errors import ERRORS, TrainError, TrainInputError, describe_failure
+from skinspark.train.failures import rank_environment, run_ranks
 from skinspark.train.folds import fold_fields, fold_table, remove_fold_table
 from skinspark.train.recipe import (
     CLASS_WEIGHT_MODES,

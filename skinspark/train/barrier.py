@@ -37,7 +37,7 @@ import cloudpickle
 from pyspark.sql import SparkSession
 
 from skinspark import session
-from skinspark.train.failures import TrainError, describe_failure
+from skinspark.train.errors import TrainError, describe_failure
 
 RENDEZVOUS_ATTEMPTS = 3  # workers started anew when one of them lost its port
 REPORT_GRACE_S = 10.0  # after the first error report, how long the others get to report theirs

@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from skinspark import schema, storage
 from skinspark.manifest import MANIFEST_FILE
 from skinspark.preprocess import stored_batch, stored_size
-from skinspark.train.failures import TrainInputError
+from skinspark.train.errors import TrainInputError
 
 EVAL_BATCH_SIZE = 256  # images per model call when validating and testing (no gradients: larger is fine)
 

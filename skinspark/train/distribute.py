@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
 def run_worker(strategy, plan, rank: int) -> dict:
     """Train on this worker as `plan` says; on any error report it for the driver and exit at once
     (peers blocked in a collective are ended by their watchdogs)."""
-    from skinspark.train.failures import report_error
+    from skinspark.train.errors import report_error
     from skinspark.train.worker import Watchdog
 
     watchdog = Watchdog(plan.error_dir, rank, plan.stall_timeout_s, parent=os.getppid())

@@ -17,7 +17,7 @@ from skinspark.config import IngestConfig
 from skinspark.manifest import publish, read_record, split_counts, staging_path, to_json, write_record
 from skinspark.model_dir import local_path
 from skinspark.train.data import petastorm_url, read_ingest_manifest
-from skinspark.train.failures import TrainInputError
+from skinspark.train.errors import TrainInputError
 
 FOLD_DATA = "_fold_data"  # the fold's table inside MODEL_DIR, removed once the run is complete
 SOURCE_DIGEST = "source_manifest_sha256"  # which ingest run the fold's table was cut from

@@ -30,7 +30,7 @@ from skinspark.train.data import (
     read_split,
     training_dataset,
 )
-from skinspark.train.failures import ERRORS, report_error
+from skinspark.train.errors import ERRORS, report_error
 
 HISTORY_COLUMNS = (
     "epoch",

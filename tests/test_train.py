@@ -21,6 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from jobs import train as train_job
 from skinspark import precision, schema
 from skinspark.metrics import classification_metrics, plot_confusion_matrix, plot_training_curves, summary
+from skinspark.table import EVAL_BATCH_SIZE
 from skinspark.train import (
     class_weights,
     describe_failure,
@@ -29,7 +30,7 @@ from skinspark.train import (
     restore_checkpoint,
     write_checkpoint,
 )
-from skinspark.train.data import EVAL_BATCH_SIZE, _pixels, flip
+from skinspark.train.data import _pixels, flip
 from skinspark.train.recipe import oversample_repeats
 from tests.conftest import BACKENDS
 

@@ -57,11 +57,11 @@ from skinspark.config import TrainConfig
 from skinspark.metrics import baselines, classification_metrics, operating_threshold
 from skinspark.model import WeightsError, build_model, min_input_size, resolve_weights
 from skinspark.model_dir import local_path
+from skinspark.table import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split, split_url
 from skinspark.tasks import get_task
 from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
 from skinspark.train.checkpoints import CHECKPOINTS, latest_checkpoint, restore_checkpoint, write_checkpoint
-from skinspark.train.data import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split
-from skinspark.train.errors import ERRORS, TrainError, TrainInputError, describe_failure
+from skinspark.train.errors import ERRORS, TrainError, TrainInputError, describe_failure, table_errors
 from skinspark.train.failures import rank_environment, run_ranks
 from skinspark.train.folds import fold_fields, fold_table, remove_fold_table
 from skinspark.train.recipe import (
@@ -96,6 +96,7 @@ __all__ = [
 ]
 
 
+@table_errors()
 def train(
     spark: SparkSession,
     data_dir: str,
@@ -259,10 +260,14 @@ def _finish(
     evaluator = precision.in_precision(model, evaluated_in)
     # The melanoma operating point is fixed on the validation split, then reported on the test split.
     task = run["task"]
-    validation = read_split(f"{data_url}/split=val", height, width, config.workers_per_rank, task.label_map)
+    validation = read_split(
+        split_url(data_url, schema.VAL), height, width, config.workers_per_rank, task.label_map
+    )
     validation_probabilities = evaluator.predict(validation["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     threshold = operating_threshold(validation["label"], validation_probabilities, task.labels)
-    test = read_split(f"{data_url}/split=test", height, width, config.workers_per_rank, task.label_map)
+    test = read_split(
+        split_url(data_url, schema.TEST), height, width, config.workers_per_rank, task.label_map
+    )
     probabilities = evaluator.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     test_metrics = classification_metrics(test["label"], probabilities, task.labels, threshold)
     test_metrics["task"] = task.name

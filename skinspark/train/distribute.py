@@ -102,7 +102,9 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
     import tensorflow as tf
 
     from skinspark import precision
-    from skinspark.train.data import arrow_dataset, read_split
+    from skinspark.table import read_split
+    from skinspark.train.data import arrow_dataset
+    from skinspark.train.errors import table_errors
     from skinspark.train.worker import (
         EpochLog,
         compile_model,
@@ -117,7 +119,8 @@ def _train_worker(strategy, plan, rank: int, watchdog) -> dict:
     chosen = precision.resolve(plan.precision)  # this worker's own CPU decides
     precision.use(chosen)
     height, width, _ = plan.input_shape
-    validation = read_split(plan.val_url, height, width, label_map=plan.label_map)
+    with table_errors():
+        validation = read_split(plan.val_url, height, width, label_map=plan.label_map)
     watchdog.progress("reading the validation split")
     # The strategy averages gradients across workers: the rate scales with them, as with Horovod.
     scaled_lr = plan.learning_rate * size

@@ -4,13 +4,15 @@ module of it can raise these."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
-from skinspark.errors import JobError, typed_line
+from skinspark.errors import JobError, TableError, typed_line
 from skinspark.manifest import write_json_atomic
 
 ERRORS = "_errors"  # MODEL_DIR/_errors/rank-N.json: each failed rank's error and traceback
@@ -22,6 +24,16 @@ class TrainError(JobError):
 
 class TrainInputError(TrainError):
     """Training cannot start: unusable input table or an output directory that holds another run."""
+
+
+@contextlib.contextmanager
+def table_errors() -> Iterator[None]:
+    """Raise a TableError from inside (an ingested table that does not read: `skinspark.table`) as the
+    TrainInputError it is to training, with the same message."""
+    try:
+        yield
+    except TableError as error:
+        raise TrainInputError(str(error)) from error
 
 
 def describe_failure(

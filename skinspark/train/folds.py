@@ -16,8 +16,8 @@ from skinspark import schema, storage
 from skinspark.config import IngestConfig
 from skinspark.manifest import publish, read_record, split_counts, staging_path, to_json, write_record
 from skinspark.model_dir import local_path
-from skinspark.train.data import petastorm_url, read_ingest_manifest
-from skinspark.train.errors import TrainInputError
+from skinspark.table import petastorm_url, read_ingest_manifest
+from skinspark.train.errors import TrainInputError, table_errors
 
 FOLD_DATA = "_fold_data"  # the fold's table inside MODEL_DIR, removed once the run is complete
 SOURCE_DIGEST = "source_manifest_sha256"  # which ingest run the fold's table was cut from
@@ -49,6 +49,7 @@ def fold_frame(table: DataFrame, fold: int) -> DataFrame:
     return table.withColumn(schema.SPLIT, split)
 
 
+@table_errors()
 def fold_table(spark: SparkSession, data_dir: str, model_dir: str | Path, fold: int) -> str:
     """Write the table of fold `fold` of `data_dir` to `model_dir/_fold_data` (or reuse it), with its
     own `_manifest.json`; returns its URI.

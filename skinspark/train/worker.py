@@ -21,16 +21,11 @@ import tensorflow as tf
 from skinspark import precision, schema
 from skinspark.config import TrainConfig
 from skinspark.model import BACKBONES, build_model, set_trainable_layers
+from skinspark.table import EVAL_BATCH_SIZE, read_split, split_url
 from skinspark.tasks import get_task
 from skinspark.train.checkpoints import CHECKPOINTS, restore_checkpoint, write_checkpoint
-from skinspark.train.data import (
-    EVAL_BATCH_SIZE,
-    open_train_reader,
-    quiet_petastorm,
-    read_split,
-    training_dataset,
-)
-from skinspark.train.errors import ERRORS, report_error
+from skinspark.train.data import open_train_reader, quiet_petastorm, training_dataset
+from skinspark.train.errors import ERRORS, report_error, table_errors
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -93,8 +88,8 @@ class RankPlan:
         error reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
         previous_history, resume_dir, steps_per_epoch, class_weight, repeats, task_cpus, weights)."""
         return cls(
-            train_url=f"{data_url}/split=train",
-            val_url=f"{data_url}/split=val",
+            train_url=split_url(data_url, schema.TRAIN),
+            val_url=split_url(data_url, schema.VAL),
             checkpoint_dir=str(model_dir / CHECKPOINTS),
             error_dir=str(model_dir / ERRORS),
             model_name=config.model,
@@ -286,7 +281,8 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     height, width, _ = plan.input_shape
     progress = watchdog.progress if watchdog is not None else (lambda where: None)
 
-    validation = read_split(plan.val_url, height, width, plan.reader_workers, plan.label_map)
+    with table_errors():
+        validation = read_split(plan.val_url, height, width, plan.reader_workers, plan.label_map)
     progress("reading the validation split")
     phases = training_phases(plan)
     model, optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phases[0])

@@ -33,7 +33,7 @@ from skinspark import precision, schema
 from skinspark.table import EVAL_BATCH_SIZE
 from skinspark.tools import cluster
 from skinspark.tools.synthetic import generate
-from skinspark.train.barrier import WORKER_RANK_ENV
+from skinspark.train.distribute_launch import WORKER_RANK_ENV
 from tests.conftest import BACKENDS
 
 pytestmark = pytest.mark.cluster

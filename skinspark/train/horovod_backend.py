@@ -162,7 +162,7 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
         keep_checkpoints=plan.keep_checkpoints,
         progress=progress,
     )
-    reader, sharding = open_train_reader(plan.train_url, rank, size, plan.seed, plan.reader_workers)
+    reader, sharding = open_train_reader(plan.train_url, rank, size, plan.seed, plan.workers_per_rank)
     with reader:
         shard = (rank, size) if sharding == "rows" else None
         dataset = training_dataset(

@@ -38,84 +38,63 @@ HISTORY_COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class RankPlan:
-    """Everything a rank needs, as plain values: the driver builds it, every rank receives it pickled."""
+    """Everything a rank needs, as plain values: the driver builds it, every rank receives it pickled.
 
+    The run's settings are its `config`, read through the plan: `plan.batch_size` is
+    `plan.config.batch_size`, for every TrainConfig field the plan has no value of its own for. Two
+    fields are the run's resolution of a setting and win over it: `weights` (the file the setting names,
+    or None; `config.weights` is what was asked for) and `class_weight` (the loss weight of each of the
+    task's units; `config.class_weight` is the mode).
+    """
+
+    config: TrainConfig
     train_url: str
     val_url: str
     checkpoint_dir: str
     error_dir: str
-    model_name: str
     labels: tuple[str, ...]  # the task's output units
     label_map: tuple[int, ...]  # the table's label index -> the task's unit
     weights: str | None  # a backbone's weights file (readable where the rank runs), or None: random
     input_shape: tuple[int, int, int]
-    dropout: float
-    epochs: int
     initial_epoch: int
     resume_dir: str | None
     previous_history: list[dict]
     steps_per_epoch: int
-    batch_size: int
-    learning_rate: float
-    warmup_epochs: int
-    warmup_steps: int
-    label_smoothing: float
-    clip_norm: float
-    precision: str  # as requested: each rank resolves `auto` on its own CPU
-    reduce_lr_patience: int
-    reduce_lr_factor: float
-    min_learning_rate: float
     class_weight: dict[int, float] | None
     repeats: dict[int, int] | None  # oversampling: each training image of a class this many times per epoch
-    augment: bool
-    shuffle_buffer: int
-    seed: int
     task_cpus: int
-    reader_workers: int
-    keep_checkpoints: int
-    gradient_compression: str
-    stall_timeout_s: float
-    freeze_epochs: int
-    fine_tune_layers: int
-    fine_tune_rate_factor: float
 
     @classmethod
     def build(cls, config: TrainConfig, data_url: str, model_dir: Path, **run) -> RankPlan:
-        """The plan of a run: the recipe from `config`, the splits under `data_url`, checkpoints and
-        error reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
+        """The plan of a run: the recipe `config`, the splits under `data_url`, checkpoints and error
+        reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
         previous_history, resume_dir, steps_per_epoch, class_weight, repeats, task_cpus, weights)."""
+        task = get_task(config.task)
         return cls(
+            config=config,
             train_url=split_url(data_url, schema.TRAIN),
             val_url=split_url(data_url, schema.VAL),
             checkpoint_dir=str(model_dir / CHECKPOINTS),
             error_dir=str(model_dir / ERRORS),
-            model_name=config.model,
-            labels=get_task(config.task).labels,
-            label_map=get_task(config.task).label_map,
-            dropout=config.dropout,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_epochs=config.warmup_epochs,
-            warmup_steps=config.warmup_steps,
-            label_smoothing=config.label_smoothing,
-            clip_norm=config.clip_norm,
-            precision=config.precision,
-            reduce_lr_patience=config.reduce_lr_patience,
-            reduce_lr_factor=config.reduce_lr_factor,
-            min_learning_rate=config.min_learning_rate,
-            augment=config.augment,
-            shuffle_buffer=config.shuffle_buffer,
-            seed=config.seed,
-            reader_workers=config.workers_per_rank,
-            keep_checkpoints=config.keep_checkpoints,
-            gradient_compression=config.gradient_compression,
-            stall_timeout_s=config.stall_timeout_s,
-            freeze_epochs=config.freeze_epochs,
-            fine_tune_layers=config.fine_tune_layers,
-            fine_tune_rate_factor=config.fine_tune_rate_factor,
+            labels=task.labels,
+            label_map=task.label_map,
             **run,
         )
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model
+
+    def __getattr__(self, name: str):
+        # Only called for a name the plan itself lacks. Read through __dict__: while unpickling, the
+        # plan has no `config` yet and pickle asks for names such as __setstate__.
+        config = self.__dict__.get("config")
+        if config is not None and name in _CONFIG_FIELDS:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(TrainConfig))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +166,7 @@ def read_validation(plan: RankPlan) -> dict[str, np.ndarray]:
     """
     height, width, _ = plan.input_shape
     with table_errors():
-        return read_split(plan.val_url, height, width, plan.reader_workers, plan.label_map)
+        return read_split(plan.val_url, height, width, plan.workers_per_rank, plan.label_map)
 
 
 def rank_result(rank: int, size: int, log: EpochLog, sharding: str | None, chosen: str, weights) -> dict:

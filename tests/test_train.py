@@ -30,7 +30,7 @@ from skinspark.train import (
     restore_checkpoint,
     write_checkpoint,
 )
-from skinspark.train.pipeline import flip, pixel_batches
+from skinspark.train.pipeline import Pipeline, flip, pixel_batches
 from skinspark.train.recipe import oversample_repeats
 from tests.conftest import BACKENDS
 
@@ -585,7 +585,7 @@ def test_oversampling_repeats_each_image_its_class_times_before_the_shuffle():
     labels = np.array([0, 0, 0, 1, 1, 5], dtype=np.int32)
     rows = tf.data.Dataset.from_tensors(([image.tobytes() for image in images], labels))
     repeats = {1: 3, 5: 4}
-    out = list(pixel_batches(rows, 2, 3, 1, 64, False, 0, None, repeats).as_numpy_iterator())
+    out = list(pixel_batches(rows, Pipeline(2, 3, 1, 64, False, 0, repeats)).as_numpy_iterator())
     seen = np.concatenate([batch_labels for _, batch_labels in out])
     assert {label: int((seen == label).sum()) for label in (0, 1, 5)} == {0: 3, 1: 6, 5: 4}
     pixels = np.concatenate([batch_images for batch_images, _ in out])

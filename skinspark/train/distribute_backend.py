@@ -43,7 +43,7 @@ import tensorflow as tf
 from skinspark import schema
 from skinspark.table import split_row_groups
 from skinspark.train.errors import TrainInputError, report_error
-from skinspark.train.pipeline import pixel_batches
+from skinspark.train.pipeline import Pipeline, pixel_batches
 from skinspark.train.rank import (
     EpochLog,
     RankPlan,
@@ -119,7 +119,6 @@ def run_worker(strategy, plan: RankPlan, rank: int) -> dict:
 def _train_worker(strategy, plan: RankPlan, rank: int, watchdog: Watchdog) -> dict:
     size = strategy.num_replicas_in_sync
     chosen = start_rank(plan, rank)  # this worker's own CPU decides its precision
-    height, width, _ = plan.input_shape
     validation = read_validation(plan)
     watchdog.progress("reading the validation split")
     # The strategy averages gradients across workers: the rate scales with them, as with Horovod.
@@ -134,18 +133,9 @@ def _train_worker(strategy, plan: RankPlan, rank: int, watchdog: Watchdog) -> di
     sharding = {}
 
     def shard(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        rank = context.input_pipeline_id
         dataset, sharding["mode"] = arrow_dataset(
-            plan.train_url,
-            context.input_pipeline_id,
-            context.num_input_pipelines,
-            height,
-            width,
-            plan.batch_size,
-            plan.shuffle_buffer,
-            plan.augment,
-            plan.seed,
-            plan.repeats,
-            plan.label_map,
+            plan.train_url, rank, context.num_input_pipelines, plan.seed, plan.pipeline(rank)
         )
         return dataset.map(_weighted(plan.class_weight, plan.label_smoothing, len(plan.labels)))
 
@@ -218,21 +208,9 @@ def arrow_shard(url: str, rank: int, size: int, seed: int):
     return batches, sharding
 
 
-def arrow_dataset(
-    url: str,
-    rank: int,
-    size: int,
-    height: int,
-    width: int,
-    batch_size: int,
-    shuffle_buffer: int,
-    augment: bool,
-    seed: int,
-    repeats: dict[int, int] | None = None,
-    label_map: tuple[int, ...] | None = None,
-):
-    """`arrow_shard` as an endless tf.data pipeline of (uint8 images, int32 labels) batches, as
-    `training_dataset` makes of a Petastorm reader; and the sharding."""
+def arrow_dataset(url: str, rank: int, size: int, seed: int, pipeline: Pipeline):
+    """`arrow_shard` (in the order of the run's `seed`) as an endless tf.data pipeline of (uint8
+    images, int32 labels) batches (`pipeline.pixel_batches`); and the sharding."""
     batches, sharding = arrow_shard(url, rank, size, seed)
     rows = tf.data.Dataset.from_generator(
         batches,
@@ -241,9 +219,7 @@ def arrow_dataset(
             tf.TensorSpec(shape=(None,), dtype=tf.int32),
         ),
     )
-    return pixel_batches(
-        rows, height, width, batch_size, shuffle_buffer, augment, seed + rank, None, repeats, label_map
-    ), sharding
+    return pixel_batches(rows, pipeline), sharding
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from skinspark import schema
 from skinspark.train.errors import TrainError, describe_failure, report_error
-from skinspark.train.pipeline import pixel_batches
+from skinspark.train.pipeline import Pipeline, pixel_batches
 from skinspark.train.rank import (
     EpochLog,
     Phase,
@@ -146,7 +146,6 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(plan.task_cpus)
     tf.config.threading.set_inter_op_parallelism_threads(plan.task_cpus)
     chosen = start_rank(plan, rank)
-    height, width, _ = plan.input_shape
     progress = watchdog.progress if watchdog is not None else (lambda where: None)
 
     validation = read_validation(plan)
@@ -165,18 +164,7 @@ def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
     reader, sharding = open_train_reader(plan.train_url, rank, size, plan.seed, plan.workers_per_rank)
     with reader:
         shard = (rank, size) if sharding == "rows" else None
-        dataset = training_dataset(
-            reader,
-            height,
-            width,
-            plan.batch_size,
-            plan.shuffle_buffer,
-            plan.augment,
-            plan.seed + rank,
-            shard,
-            plan.repeats,
-            plan.label_map,
-        )
+        dataset = training_dataset(reader, plan.pipeline(rank), shard)
         if plan.label_smoothing > 0:  # smoothing needs one-hot targets (class weights still apply)
             dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, len(plan.labels))))
         for index, phase in enumerate(phases):
@@ -281,34 +269,13 @@ def open_train_reader(train_url: str, rank: int, size: int, seed: int, workers: 
         return reader, "rows"
 
 
-def training_dataset(
-    reader,
-    height: int,
-    width: int,
-    batch_size: int,
-    shuffle_buffer: int,
-    augment: bool,
-    seed: int,
-    shard: tuple[int, int] | None = None,
-    repeats: dict[int, int] | None = None,
-    label_map: tuple[int, ...] | None = None,
-) -> tf.data.Dataset:
-    """A Petastorm batch reader as an endless tf.data pipeline of (uint8 images, int32 labels) batches.
-
-    Raw pixel bytes are decoded in the graph (`tf.io.decode_raw` + reshape); rows are shuffled in a
-    buffer of `shuffle_buffer` and, with `augment`, flipped at random horizontally and vertically.
-
-    Args:
-        shard: (index, count) to keep every count-th row starting at index, or None to keep all.
-        repeats: oversampling: {label: times each image of that label appears}, or None.
-        label_map: the table's label index -> the task's unit (`skinspark.tasks.Task.label_map`), or None.
-    """
+def training_dataset(reader, pipeline: Pipeline, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """A Petastorm batch reader as an endless tf.data pipeline of (uint8 images, int32 labels) batches
+    (`pipeline.pixel_batches`); `shard` (index, count) keeps every count-th row starting at index."""
     from petastorm.tf_utils import make_petastorm_dataset
 
     def columns(batch):
         return getattr(batch, schema.IMAGE), getattr(batch, schema.LABEL)
 
     rows = make_petastorm_dataset(reader).map(columns)
-    return pixel_batches(
-        rows, height, width, batch_size, shuffle_buffer, augment, seed, shard, repeats, label_map
-    )
+    return pixel_batches(rows, pipeline, shard)

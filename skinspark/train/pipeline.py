@@ -4,30 +4,42 @@ shuffled, batched and flipped."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from skinspark import schema
 from skinspark.preprocess import stored_size
 
 
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """How one rank's training rows become batches, whichever reader feeds them."""
+
+    height: int  # the stored images' size
+    width: int
+    batch_size: int  # per rank
+    shuffle_buffer: int  # rows
+    augment: bool  # random horizontal and vertical flips
+    seed: int  # of the shuffle and the flips: the run's seed + the rank
+    repeats: dict[int, int] | None = None  # oversampling: {unit: times each image of it appears}, or None
+    label_map: tuple[int, ...] | None = None  # the table's label -> the task's unit (Task.label_map), or None
+
+
 def pixel_batches(
-    rows: tf.data.Dataset,
-    height: int,
-    width: int,
-    batch_size: int,
-    shuffle_buffer: int,
-    augment: bool,
-    seed: int,
-    shard: tuple[int, int] | None = None,
-    repeats: dict[int, int] | None = None,
-    label_map: tuple[int, ...] | None = None,
+    rows: tf.data.Dataset, pipeline: Pipeline, shard: tuple[int, int] | None = None
 ) -> tf.data.Dataset:
-    """Batches of (raw image bytes, labels) as shuffled, optionally flipped, batches of pixels; with
-    `label_map`, labels become the task's units; with `repeats` (keyed by those units), each image
-    appears its label's number of times (before the shuffle, so the copies of one image spread over the
-    shuffle buffer and each copy draws its own flips)."""
+    """Batches of (raw image bytes, labels) as `pipeline`'s endless, shuffled, optionally flipped,
+    batches of (uint8 pixels, int32 labels).
+
+    Raw pixel bytes are decoded in the graph (`tf.io.decode_raw` + reshape). With `label_map`, labels
+    become the task's units; with `repeats` (keyed by those units), each image appears its label's
+    number of times (before the shuffle, so the copies of one image spread over the shuffle buffer and
+    each copy draws its own flips). `shard` (index, count) keeps every count-th row starting at index.
+    """
+    height, width, repeats = pipeline.height, pipeline.width, pipeline.repeats
     size = stored_size(height, width)
-    units = tf.constant(list(label_map or range(schema.NUM_CLASSES)), tf.int32)
+    units = tf.constant(list(pipeline.label_map or range(schema.NUM_CLASSES)), tf.int32)
 
     def decode(raw, label):
         tf.debugging.assert_equal(
@@ -46,11 +58,12 @@ def pixel_batches(
         dataset = dataset.flat_map(
             lambda image, label: tf.data.Dataset.from_tensors((image, label)).repeat(tf.gather(table, label))
         )
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed).batch(batch_size, drop_remainder=True)
-    if augment:
+    dataset = dataset.shuffle(pipeline.shuffle_buffer, seed=pipeline.seed)
+    dataset = dataset.batch(pipeline.batch_size, drop_remainder=True)
+    if pipeline.augment:
         # One map per batch, not per image: each image of the batch still draws its own flips.
         dataset = dataset.map(
-            lambda images, labels: (flip(images, seed), labels), num_parallel_calls=tf.data.AUTOTUNE
+            lambda images, labels: (flip(images, pipeline.seed), labels), num_parallel_calls=tf.data.AUTOTUNE
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -23,6 +23,7 @@ from skinspark.table import EVAL_BATCH_SIZE, read_split, split_url
 from skinspark.tasks import get_task
 from skinspark.train.checkpoints import CHECKPOINTS, restore_checkpoint, write_checkpoint
 from skinspark.train.errors import ERRORS, report_error, table_errors
+from skinspark.train.pipeline import Pipeline
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -84,6 +85,21 @@ class RankPlan:
     @property
     def model_name(self) -> str:
         return self.config.model
+
+    def pipeline(self, rank: int) -> Pipeline:
+        """How rank `rank` turns its training rows into batches."""
+        height, width, _ = self.input_shape
+        config = self.config
+        return Pipeline(
+            height,
+            width,
+            config.batch_size,
+            config.shuffle_buffer,
+            config.augment,
+            config.seed + rank,
+            self.repeats,
+            self.label_map,
+        )
 
     def __getattr__(self, name: str):
         # Only called for a name the plan itself lacks. Read through __dict__: while unpickling, the

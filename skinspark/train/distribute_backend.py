@@ -133,9 +133,9 @@ def _train_worker(strategy, plan: RankPlan, rank: int, watchdog: Watchdog) -> di
     sharding = {}
 
     def shard(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        rank = context.input_pipeline_id
+        worker = context.input_pipeline_id  # one input pipeline per worker: its rank
         dataset, sharding["mode"] = arrow_dataset(
-            plan.train_url, rank, context.num_input_pipelines, plan.seed, plan.pipeline(rank)
+            plan.train_url, worker, context.num_input_pipelines, plan.seed, plan.pipeline(worker)
         )
         return dataset.map(_weighted(plan.class_weight, plan.label_smoothing, len(plan.labels)))
 

@@ -20,6 +20,12 @@ class JobError(RuntimeError):
     """A problem that stops a whole job; the message is one line meant for the person running it."""
 
 
+class TableError(JobError):
+    """An ingested table that cannot be read as one: no complete `_manifest.json`, or a split whose rows
+    do not all arrive. Each stage that reads a table says what it means for its job (training's
+    TrainInputError wraps it)."""
+
+
 class ImageError(ValueError):
     """One image that cannot be turned into pixels (or read at all); `reason` is one of the
     `skinspark.schema.REASON_*` codes. Each job turns it into a row, never a stopped job."""

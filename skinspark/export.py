@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from skinspark import model_dir as model_dir_module
+from skinspark import schema
+from skinspark.errors import TableError
 from skinspark.manifest import write_json_atomic
-from skinspark.train.data import petastorm_url, read_split
+from skinspark.table import petastorm_url, read_split, split_url
 
 FORMATS = ("tflite",)
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -61,7 +63,8 @@ def export_tflite(
         split, milliseconds per image on one thread, and whether the agreement target is met.
 
     Raises:
-        ExportError: an unknown quantization, a model directory without its files, or no table.
+        ExportError: an unknown quantization, a model directory without its files, or no table (or
+            one whose splits do not read whole).
     """
     import tensorflow as tf
 
@@ -84,8 +87,11 @@ def export_tflite(
         )
     table = petastorm_url(data or _trained_on(source))
     height, width = int(spec["height"]), int(spec["width"])
-    validation = read_split(f"{table}/split=val", height, width)
-    test = read_split(f"{table}/split=test", height, width)
+    try:
+        validation = read_split(split_url(table, schema.VAL), height, width)
+        test = read_split(split_url(table, schema.TEST), height, width)
+    except TableError as error:
+        raise ExportError(str(error)) from error
     if len(test["label"]) == 0:
         raise ExportError(f"{table} has no test images to check the export on")
 

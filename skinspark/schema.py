@@ -78,7 +78,9 @@ HEIGHT = "height"
 WIDTH = "width"
 SOURCE_PATH = "source_path"
 SPLIT = "split"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The split names, the values of `split`; TEST is the held-out split, never in a fold.
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS: tuple[str, ...] = (TRAIN, VAL, TEST)
 # Cross-validation fold of a train or val row (0..K-1; null for test rows), only in a table ingested with
 # --folds K. An integer column, unlike the other plan columns carried into the table as strings.
 FOLD = "fold"

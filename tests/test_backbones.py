@@ -26,8 +26,8 @@ from skinspark.model import (
 )
 from skinspark.model_dir import load_model, read_preprocessing, save_model_dir
 from skinspark.tools.synthetic import generate
-from skinspark.train import worker
-from skinspark.train.worker import Phase, restore_into, training_phases
+from skinspark.train import rank
+from skinspark.train.rank import Phase, restore_into, training_phases
 from tests.conftest import BACKENDS
 
 SMALL = (32, 32, 3)  # MobileNetV2's smallest input: the cheapest backbone to build in a test
@@ -230,7 +230,7 @@ def test_fine_tuning_phases_and_where_a_resumed_run_restores(monkeypatch):
     plan.model_name, plan.freeze_epochs, plan.initial_epoch = "resnet50", 0, 0
     assert training_phases(plan) == [Phase(0, 5, None, 1.0)]
     calls = []
-    monkeypatch.setattr(worker, "restore_checkpoint", lambda path, model, optimizer: calls.append(optimizer))
+    monkeypatch.setattr(rank, "restore_checkpoint", lambda path, model, optimizer: calls.append(optimizer))
     plan.resume_dir = "checkpoints/epoch-00002"
     plan.initial_epoch = 2  # the checkpoint closed the frozen phase: its optimizer had other variables
     assert restore_into(plan, Phase(2, 5, None, 0.1), "model", "optimizer") and calls == [None]

@@ -30,10 +30,10 @@ import pytest
 from jobs import ingest as ingest_job
 from jobs import score as score_job
 from skinspark import precision, schema
+from skinspark.table import EVAL_BATCH_SIZE
 from skinspark.tools import cluster
 from skinspark.tools.synthetic import generate
-from skinspark.train.barrier import WORKER_RANK_ENV
-from skinspark.train.data import EVAL_BATCH_SIZE
+from skinspark.train.distribute_launch import WORKER_RANK_ENV
 from tests.conftest import BACKENDS
 
 pytestmark = pytest.mark.cluster

@@ -18,8 +18,8 @@ from skinspark import score as score_lib
 from skinspark.export import EXPORT_FILE, TFLITE_FILE
 from skinspark.model import build_model
 from skinspark.model_dir import save_model_dir
+from skinspark.table import petastorm_url, read_split
 from skinspark.tools.synthetic import generate
-from skinspark.train.data import petastorm_url, read_split
 
 
 @pytest.fixture(scope="module")

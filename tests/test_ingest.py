@@ -19,8 +19,8 @@ from jobs import ingest as ingest_job
 from skinspark import schema
 from skinspark.ingest import CORRUPT_COLUMN, ROW_NUMBER, resolve_fates, validate_metadata
 from skinspark.preprocess import decode_image
+from skinspark.table import read_split
 from skinspark.tools.synthetic import generate
-from skinspark.train.data import read_split
 
 # --------------------------------------------------------------------------------------------------
 # Validation and fates on small frames (no Spark, no files)

@@ -23,7 +23,7 @@ from skinspark.metrics import classification_metrics, headline, operating_thresh
 from skinspark.model_dir import read_model_spec, threshold_of
 from skinspark.tasks import DX7, MALIGNANT, get_task, task_of_labels
 from skinspark.tools.synthetic import generate
-from skinspark.train.data import _pixels
+from skinspark.train.pipeline import Pipeline, pixel_batches
 from tests.conftest import BACKENDS, tiny_model_dir
 
 # --------------------------------------------------------------------------------------------------
@@ -78,11 +78,15 @@ def test_training_pipeline_maps_the_tables_labels_to_the_tasks_units():
     labels = np.arange(7, dtype=np.int32)
     pixels = np.zeros((7, 2 * 3 * 3), np.uint8)
     rows = tf.data.Dataset.from_tensors((tf.constant([row.tobytes() for row in pixels]), labels))
-    batch = next(iter(_pixels(rows, 2, 3, 7, 7, False, 0, label_map=MALIGNANT.label_map)))
+    batch = next(iter(pixel_batches(rows, Pipeline(2, 3, 7, 7, False, 0, label_map=MALIGNANT.label_map))))
     assert sorted(batch[1].numpy().tolist()) == sorted(MALIGNANT.map_labels(labels).tolist())
     # Oversampling counts by the task's units: malignant images twice, benign once.
     batch = next(
-        iter(_pixels(rows, 2, 3, 10, 10, False, 0, repeats={0: 1, 1: 2}, label_map=MALIGNANT.label_map))
+        iter(
+            pixel_batches(
+                rows, Pipeline(2, 3, 10, 10, False, 0, repeats={0: 1, 1: 2}, label_map=MALIGNANT.label_map)
+            )
+        )
     )
     assert sorted(batch[1].numpy().tolist()) == [0] * 4 + [1] * 6
 

@@ -21,6 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from jobs import train as train_job
 from skinspark import precision, schema
 from skinspark.metrics import classification_metrics, plot_confusion_matrix, plot_training_curves, summary
+from skinspark.table import EVAL_BATCH_SIZE
 from skinspark.train import (
     class_weights,
     describe_failure,
@@ -29,7 +30,7 @@ from skinspark.train import (
     restore_checkpoint,
     write_checkpoint,
 )
-from skinspark.train.data import EVAL_BATCH_SIZE, _pixels, flip
+from skinspark.train.pipeline import Pipeline, flip, pixel_batches
 from skinspark.train.recipe import oversample_repeats
 from tests.conftest import BACKENDS
 
@@ -281,14 +282,14 @@ def test_failure_message_names_the_first_failing_rank(tmp_path):
         ": OSError: disk full (1 other rank(s) failed after it); rank 2 exited first (exit code 1)"
     )
     # tf_distribute: a worker whose Spark task was lost (its executor killed) is named by Spark.
-    from skinspark.train.barrier import _lost_task
+    from skinspark.train.distribute_launch import lost_task
 
     barrier = RuntimeError(
         "Could not recover from a failed barrier ResultStage. Most recent failure reason: Stage failed "
         "because barrier task ResultTask(0, 1) finished unsuccessfully.\nExecutorLostFailure (executor 1 "
         "exited caused by one of the running tasks) Reason: Command exited with code 137"
     )
-    lost = _lost_task(barrier, tmp_path, 2)
+    lost = lost_task(barrier, tmp_path, 2)
     assert lost == ("1", "its Spark task was lost")
     assert describe_failure(barrier, tmp_path / "none", 2, 600, exited=lost) == (
         "training failed: rank 1 exited without reporting an error (its Spark task was lost: killed? see "
@@ -296,8 +297,8 @@ def test_failure_message_names_the_first_failing_rank(tmp_path):
     )
     # Without Spark's words, the one rank that neither reported nor returned is the lost one.
     (tmp_path / "rank-1.json").unlink()
-    assert _lost_task(RuntimeError("stage failed"), tmp_path, 2) == ("1", "its Spark task was lost")
-    assert _lost_task(RuntimeError("stage failed"), tmp_path, 3) is None  # ranks 1 and 2: unknown
+    assert lost_task(RuntimeError("stage failed"), tmp_path, 2) == ("1", "its Spark task was lost")
+    assert lost_task(RuntimeError("stage failed"), tmp_path, 3) is None  # ranks 1 and 2: unknown
     timeout = describe_failure(Exception("Timed out waiting for tasks"), tmp_path / "none", 4, 30)
     assert "did not all start within 30 s" in timeout and "4 free task slots" in timeout
 
@@ -584,7 +585,7 @@ def test_oversampling_repeats_each_image_its_class_times_before_the_shuffle():
     labels = np.array([0, 0, 0, 1, 1, 5], dtype=np.int32)
     rows = tf.data.Dataset.from_tensors(([image.tobytes() for image in images], labels))
     repeats = {1: 3, 5: 4}
-    out = list(_pixels(rows, 2, 3, 1, 64, False, 0, None, repeats).as_numpy_iterator())
+    out = list(pixel_batches(rows, Pipeline(2, 3, 1, 64, False, 0, repeats)).as_numpy_iterator())
     seen = np.concatenate([batch_labels for _, batch_labels in out])
     assert {label: int((seen == label).sum()) for label in (0, 1, 5)} == {0: 3, 1: 6, 5: 4}
     pixels = np.concatenate([batch_images for batch_images, _ in out])

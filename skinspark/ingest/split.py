@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from skinspark import schema
+from skinspark.schema import TEST
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -75,9 +76,6 @@ def _assign_class(group: pd.DataFrame, fractions: tuple[float, float, float], se
         choice = max(range(len(fractions)), key=lambda index: (targets[index] - filled[index], -index))
         filled[choice] += float(images)
         yield lesion_id, schema.SPLITS[choice]
-
-
-TEST = "test"  # the held-out split: never in a fold
 
 
 def check_folds(folds: int) -> int:

@@ -21,9 +21,9 @@ from skinspark import precision, schema
 from skinspark.config import IngestConfig, TrainConfig
 from skinspark.ingest import ingest
 from skinspark.model_dir import load_model, read_preprocessing
+from skinspark.table import EVAL_BATCH_SIZE, read_split
 from skinspark.tasks import get_task
 from skinspark.train import train
-from skinspark.train.data import EVAL_BATCH_SIZE, read_split
 
 # The common mistake the third protocol reproduces: rare classes oversampled (images copied) up to this
 # many images each before the split, so copies of one photograph land in train and in test.

@@ -7,18 +7,21 @@
   runs on the modern stack (Spark 4, TensorFlow >= 2.18 with tf-keras).
 
 The driver (`train`) reads the ingest manifest, works out class weights, the rank count and the
-steps per epoch, and hands plain values (`worker.RankPlan`) to the ranks. Rank 0 writes a checkpoint
+steps per epoch, and hands plain values (`rank.RankPlan`) to the ranks. Rank 0 writes a checkpoint
 after each epoch and returns its final weights; the driver then builds the model directory: model,
 labels, preprocessing spec, test-split metrics, history and plots. Both backends run the same model,
 recipe, epoch log, checkpoints and watchdog, and write the same model directory.
 
     recipe.py       the settings checked, class weights
-    data.py         the table's manifest, whole small splits, each rank's Petastorm shard in tf.data
-    worker.py       what each Horovod rank runs: the fit, the epoch log, the watchdog
-    distribute.py   what each tf_distribute worker runs (a process of its own per barrier task)
-    barrier.py      the tf_distribute launch: the barrier stage, TF_CONFIG, the driver's watch
+    rank.py         what every rank runs, whatever the backend: the plan, phases, compiled model,
+                    callbacks, epoch log, watchdog
+    pipeline.py     a rank's training rows as tf.data pixel batches (decode, oversample, shuffle, flip)
+    horovod_backend.py     the Horovod backend: the launch on Spark, the rank, its Petastorm shard
+    distribute_launch.py   the tf_distribute launch: the barrier stage, TF_CONFIG, the driver's watch
+    distribute_backend.py  the tf_distribute worker (a process of its own per barrier task), its
+                    pyarrow shard
     checkpoints.py  epoch checkpoints and --resume
-    failures.py     rank error reports, the driver's diagnosis, the Horovod launch
+    errors.py       training's errors, each rank's error report, the driver's diagnosis
     artifacts.py    the files of a finished model directory and the summary
     folds.py        one cross-validation fold's table (`fold`), written beside the model
     cross_validation.py  every fold in turn (`cross_validate`), their metrics' mean and std
@@ -56,19 +59,14 @@ from skinspark.config import TrainConfig
 from skinspark.metrics import baselines, classification_metrics, operating_threshold
 from skinspark.model import WeightsError, build_model, min_input_size, resolve_weights
 from skinspark.model_dir import local_path
+from skinspark.table import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split, split_url
 from skinspark.tasks import get_task
 from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
 from skinspark.train.checkpoints import CHECKPOINTS, latest_checkpoint, restore_checkpoint, write_checkpoint
-from skinspark.train.data import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split
-from skinspark.train.failures import (
-    ERRORS,
-    TrainError,
-    TrainInputError,
-    describe_failure,
-    rank_environment,
-    run_ranks,
-)
+from skinspark.train.errors import ERRORS, TrainError, TrainInputError, describe_failure, table_errors
 from skinspark.train.folds import fold_fields, fold_table, remove_fold_table
+from skinspark.train.horovod_backend import rank_environment, run_ranks
+from skinspark.train.rank import HISTORY_COLUMNS, RankPlan
 from skinspark.train.recipe import (
     CLASS_WEIGHT_MODES,
     class_weights,
@@ -76,7 +74,6 @@ from skinspark.train.recipe import (
     resolve_backend,
     validate_config,
 )
-from skinspark.train.worker import HISTORY_COLUMNS, RankPlan
 from skinspark.versions import package_versions
 
 RANK_KEYS = ("rank", "batches", "sharding", "precision")
@@ -101,6 +98,7 @@ __all__ = [
 ]
 
 
+@table_errors()
 def train(
     spark: SparkSession,
     data_dir: str,
@@ -181,7 +179,7 @@ def train(
 
 def _run(spark: SparkSession, backend: str, plan: RankPlan, num_proc: int, config, error_dir: Path):
     if backend == "tf_distribute":
-        from skinspark.train.barrier import run_workers
+        from skinspark.train.distribute_launch import run_workers
 
         return run_workers(spark, plan, num_proc, config.start_timeout_s, error_dir)
     return run_ranks(plan, num_proc, config.start_timeout_s, error_dir, config.horovod_cycle_time_ms)
@@ -264,10 +262,14 @@ def _finish(
     evaluator = precision.in_precision(model, evaluated_in)
     # The melanoma operating point is fixed on the validation split, then reported on the test split.
     task = run["task"]
-    validation = read_split(f"{data_url}/split=val", height, width, config.workers_per_rank, task.label_map)
+    validation = read_split(
+        split_url(data_url, schema.VAL), height, width, config.workers_per_rank, task.label_map
+    )
     validation_probabilities = evaluator.predict(validation["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     threshold = operating_threshold(validation["label"], validation_probabilities, task.labels)
-    test = read_split(f"{data_url}/split=test", height, width, config.workers_per_rank, task.label_map)
+    test = read_split(
+        split_url(data_url, schema.TEST), height, width, config.workers_per_rank, task.label_map
+    )
     probabilities = evaluator.predict(test["image"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     test_metrics = classification_metrics(test["label"], probabilities, task.labels, threshold)
     test_metrics["task"] = task.name

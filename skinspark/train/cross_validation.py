@@ -18,8 +18,9 @@ from skinspark import storage
 from skinspark.config import TrainConfig
 from skinspark.manifest import CONFIG_FILE, MANIFEST_FILE, JobResult, write_json_atomic, write_text_atomic
 from skinspark.model_dir import local_path
+from skinspark.table import petastorm_url, read_ingest_manifest
 from skinspark.train.artifacts import TrainResult
-from skinspark.train.data import petastorm_url, read_ingest_manifest
+from skinspark.train.errors import table_errors
 from skinspark.train.folds import fold_count
 from skinspark.train.recipe import validate_config
 
@@ -46,6 +47,7 @@ def fold_dir(model_dir: str | Path, fold: int) -> Path:
     return Path(local_path(str(model_dir))) / f"fold-{fold}"
 
 
+@table_errors()
 def cross_validate(
     spark: SparkSession,
     data_dir: str,

@@ -16,12 +16,11 @@ from skinspark import schema, storage
 from skinspark.config import IngestConfig
 from skinspark.manifest import publish, read_record, split_counts, staging_path, to_json, write_record
 from skinspark.model_dir import local_path
-from skinspark.train.data import petastorm_url, read_ingest_manifest
-from skinspark.train.failures import TrainInputError
+from skinspark.table import petastorm_url, read_ingest_manifest
+from skinspark.train.errors import TrainInputError, table_errors
 
 FOLD_DATA = "_fold_data"  # the fold's table inside MODEL_DIR, removed once the run is complete
 SOURCE_DIGEST = "source_manifest_sha256"  # which ingest run the fold's table was cut from
-TEST = "test"
 
 
 def fold_count(ingest_manifest: dict, data_dir: str) -> int:
@@ -43,13 +42,14 @@ def fold_frame(table: DataFrame, fold: int) -> DataFrame:
     """The table with `split` set for one fold: 'val' for the rows of fold `fold`, 'train' for the other
     train and val rows, 'test' unchanged."""
     split = (
-        F.when(F.col(schema.SPLIT) == TEST, F.lit(TEST))
-        .when(F.col(schema.FOLD) == fold, F.lit("val"))
-        .otherwise(F.lit("train"))
+        F.when(F.col(schema.SPLIT) == schema.TEST, F.lit(schema.TEST))
+        .when(F.col(schema.FOLD) == fold, F.lit(schema.VAL))
+        .otherwise(F.lit(schema.TRAIN))
     )
     return table.withColumn(schema.SPLIT, split)
 
 
+@table_errors()
 def fold_table(spark: SparkSession, data_dir: str, model_dir: str | Path, fold: int) -> str:
     """Write the table of fold `fold` of `data_dir` to `model_dir/_fold_data` (or reuse it), with its
     own `_manifest.json`; returns its URI.

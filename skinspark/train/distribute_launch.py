@@ -1,10 +1,10 @@
-"""The tf.distribute backend's launch: N workers as one Spark barrier stage, no Horovod.
+"""The tf_distribute backend's launch: N workers as one Spark barrier stage, no Horovod.
 
 The driver (`run_workers`) checks that the application has N free task slots (a barrier stage needs
 all of its tasks at once), then runs `rdd.barrier().mapPartitions(_task)` over N partitions. Each task:
 
-1. starts its worker process (`python -m skinspark.train.distribute`, skinspark.train.distribute
-   says why a process of its own), which binds a port and says which;
+1. starts its worker process (`python -m skinspark.train.distribute_backend`, whose docstring says
+   why a process of its own), which binds a port and says which;
 2. builds TF_CONFIG from `BarrierTaskContext.getTaskInfos()` (its host) and an `allGather` of every
    task's host:port, the task index being the partition id;
 3. waits until every worker's MultiWorkerMirroredStrategy is up (another `allGather`), starting new
@@ -37,7 +37,7 @@ import cloudpickle
 from pyspark.sql import SparkSession
 
 from skinspark import session
-from skinspark.train.failures import TrainError, describe_failure
+from skinspark.train.errors import TrainError, describe_failure
 
 RENDEZVOUS_ATTEMPTS = 3  # workers started anew when one of them lost its port
 REPORT_GRACE_S = 10.0  # after the first error report, how long the others get to report theirs
@@ -82,14 +82,14 @@ def run_workers(
     results = sorted((cloudpickle.loads(row) for row in outcome.get("rows", [])), key=lambda row: row["rank"])
     exited = next(((str(row["rank"]), str(row["exit_code"])) for row in results if "exit_code" in row), None)
     if exited is None and "error" in outcome:
-        exited = _lost_task(outcome["error"], error_dir, num_proc)
+        exited = lost_task(outcome["error"], error_dir, num_proc)
     if "error" in outcome or exited or first_report is not None or len(results) != num_proc:
         error = outcome.get("error") or RuntimeError(f"{len(results)} of {num_proc} workers returned")
         raise TrainError(describe_failure(error, error_dir, num_proc, start_timeout_s, exited=exited))
     return results
 
 
-def _lost_task(error: BaseException, error_dir: Path, num_proc: int) -> tuple[str, str] | None:
+def lost_task(error: BaseException, error_dir: Path, num_proc: int) -> tuple[str, str] | None:
     """(rank, how) of the worker whose Spark task was lost (its executor killed, say), which cannot
     report an error itself: the task Spark names as the barrier stage's failure, else the one rank
     that neither reported nor returned."""
@@ -172,7 +172,7 @@ def _start_worker(plan_path: str, result_path: str, rank: int) -> subprocess.Pop
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen(
-        [sys.executable, "-m", "skinspark.train.distribute", plan_path, result_path],
+        [sys.executable, "-m", "skinspark.train.distribute_backend", plan_path, result_path],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -1,8 +1,7 @@
-"""What every Horovod rank runs: the plan it receives, the Keras fit on its Petastorm shard, the
-per-epoch log and checkpoint, and the watchdog that ends a rank which can no longer finish.
-
-Everything here runs inside the rank processes; `train_worker` is imported by reference there, so it
-stays a top-level function of this module.
+"""What every rank runs, whatever the backend: the plan it receives, the phases of a run, the model
+compiled for a phase, the callbacks, the per-epoch log and checkpoint, and the watchdog that ends a
+rank which can no longer finish. Each backend (horovod_backend, distribute_backend) applies this
+recipe to a model and its own shard of the training split.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +19,11 @@ import tensorflow as tf
 from skinspark import precision, schema
 from skinspark.config import TrainConfig
 from skinspark.model import BACKBONES, build_model, set_trainable_layers
+from skinspark.table import EVAL_BATCH_SIZE, read_split, split_url
 from skinspark.tasks import get_task
 from skinspark.train.checkpoints import CHECKPOINTS, restore_checkpoint, write_checkpoint
-from skinspark.train.data import (
-    EVAL_BATCH_SIZE,
-    open_train_reader,
-    quiet_petastorm,
-    read_split,
-    training_dataset,
-)
-from skinspark.train.failures import ERRORS, report_error
+from skinspark.train.errors import ERRORS, report_error, table_errors
+from skinspark.train.pipeline import Pipeline
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -46,84 +39,78 @@ HISTORY_COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class RankPlan:
-    """Everything a rank needs, as plain values: the driver builds it, every rank receives it pickled."""
+    """Everything a rank needs, as plain values: the driver builds it, every rank receives it pickled.
 
+    The run's settings are its `config`, read through the plan: `plan.batch_size` is
+    `plan.config.batch_size`, for every TrainConfig field the plan has no value of its own for. Two
+    fields are the run's resolution of a setting and win over it: `weights` (the file the setting names,
+    or None; `config.weights` is what was asked for) and `class_weight` (the loss weight of each of the
+    task's units; `config.class_weight` is the mode).
+    """
+
+    config: TrainConfig
     train_url: str
     val_url: str
     checkpoint_dir: str
     error_dir: str
-    model_name: str
     labels: tuple[str, ...]  # the task's output units
     label_map: tuple[int, ...]  # the table's label index -> the task's unit
     weights: str | None  # a backbone's weights file (readable where the rank runs), or None: random
     input_shape: tuple[int, int, int]
-    dropout: float
-    epochs: int
     initial_epoch: int
     resume_dir: str | None
     previous_history: list[dict]
     steps_per_epoch: int
-    batch_size: int
-    learning_rate: float
-    warmup_epochs: int
-    warmup_steps: int
-    label_smoothing: float
-    clip_norm: float
-    precision: str  # as requested: each rank resolves `auto` on its own CPU
-    reduce_lr_patience: int
-    reduce_lr_factor: float
-    min_learning_rate: float
     class_weight: dict[int, float] | None
     repeats: dict[int, int] | None  # oversampling: each training image of a class this many times per epoch
-    augment: bool
-    shuffle_buffer: int
-    seed: int
     task_cpus: int
-    reader_workers: int
-    keep_checkpoints: int
-    gradient_compression: str
-    stall_timeout_s: float
-    freeze_epochs: int
-    fine_tune_layers: int
-    fine_tune_rate_factor: float
 
     @classmethod
     def build(cls, config: TrainConfig, data_url: str, model_dir: Path, **run) -> RankPlan:
-        """The plan of a run: the recipe from `config`, the splits under `data_url`, checkpoints and
-        error reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
+        """The plan of a run: the recipe `config`, the splits under `data_url`, checkpoints and error
+        reports under `model_dir`, and the run's own values (`run`: input_shape, initial_epoch,
         previous_history, resume_dir, steps_per_epoch, class_weight, repeats, task_cpus, weights)."""
+        task = get_task(config.task)
         return cls(
-            train_url=f"{data_url}/split=train",
-            val_url=f"{data_url}/split=val",
+            config=config,
+            train_url=split_url(data_url, schema.TRAIN),
+            val_url=split_url(data_url, schema.VAL),
             checkpoint_dir=str(model_dir / CHECKPOINTS),
             error_dir=str(model_dir / ERRORS),
-            model_name=config.model,
-            labels=get_task(config.task).labels,
-            label_map=get_task(config.task).label_map,
-            dropout=config.dropout,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_epochs=config.warmup_epochs,
-            warmup_steps=config.warmup_steps,
-            label_smoothing=config.label_smoothing,
-            clip_norm=config.clip_norm,
-            precision=config.precision,
-            reduce_lr_patience=config.reduce_lr_patience,
-            reduce_lr_factor=config.reduce_lr_factor,
-            min_learning_rate=config.min_learning_rate,
-            augment=config.augment,
-            shuffle_buffer=config.shuffle_buffer,
-            seed=config.seed,
-            reader_workers=config.workers_per_rank,
-            keep_checkpoints=config.keep_checkpoints,
-            gradient_compression=config.gradient_compression,
-            stall_timeout_s=config.stall_timeout_s,
-            freeze_epochs=config.freeze_epochs,
-            fine_tune_layers=config.fine_tune_layers,
-            fine_tune_rate_factor=config.fine_tune_rate_factor,
+            labels=task.labels,
+            label_map=task.label_map,
             **run,
         )
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model
+
+    def pipeline(self, rank: int) -> Pipeline:
+        """How rank `rank` turns its training rows into batches."""
+        height, width, _ = self.input_shape
+        config = self.config
+        return Pipeline(
+            height,
+            width,
+            config.batch_size,
+            config.shuffle_buffer,
+            config.augment,
+            config.seed + rank,
+            self.repeats,
+            self.label_map,
+        )
+
+    def __getattr__(self, name: str):
+        # Only called for a name the plan itself lacks. Read through __dict__: while unpickling, the
+        # plan has no `config` yet and pickle asks for names such as __setstate__.
+        config = self.__dict__.get("config")
+        if config is not None and name in _CONFIG_FIELDS:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(TrainConfig))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,42 +165,35 @@ def restore_into(plan: RankPlan, phase: Phase, model, optimizer) -> bool:
     return True
 
 
-def train_worker(plan: RankPlan) -> dict:
-    """Train on one Horovod rank, as `plan` says. Runs in every rank's process.
+def start_rank(plan: RankPlan, rank: int) -> str:
+    """Seed this rank and set the precision it trains in; returns that precision. Decided here, on
+    this rank's CPU: a cluster can mix machines with and without bfloat16 units."""
+    tf.keras.utils.set_random_seed(plan.seed + rank)
+    chosen = precision.resolve(plan.precision)
+    precision.use(chosen)
+    return chosen
 
-    Returns:
-        {"rank", "size", "batches", "sharding", "precision" (what this rank trained in)}; rank 0 adds
-        "history" (all epochs, including those of a resumed run) and "weights" (the final model
-        weights as NumPy arrays).
+
+def read_validation(plan: RankPlan) -> dict[str, np.ndarray]:
+    """The whole validation split, its labels as the task's units (`skinspark.table.read_split`).
 
     Raises:
-        Whatever stopped this rank, after writing `error_dir/rank-<r>.json` for the driver.
+        TrainInputError: the split does not read whole.
     """
-    import horovod.tensorflow.keras as hvd
+    height, width, _ = plan.input_shape
+    with table_errors():
+        return read_split(plan.val_url, height, width, plan.workers_per_rank, plan.label_map)
 
-    launched = "HOROVOD_RANK" in os.environ  # inside a Horovod rank process, not called directly
-    rank = int(os.environ.get("HOROVOD_RANK", "0"))
-    watchdog = None
-    try:
-        # Horovod: initialise; from here rank() and size() are known.
-        hvd.init()
-        rank = hvd.rank()
-        if launched:
-            watchdog = Watchdog(plan.error_dir, rank, plan.stall_timeout_s)
-        return _train_rank(hvd, watchdog, plan)
-    except BaseException as error:
-        report_error(plan.error_dir, rank, error)
-        if launched:
-            # A failed rank can leave threads that never end (a Petastorm reader whose consumer stopped)
-            # and peers waiting in a collective: exit now so that the whole job ends instead of hanging.
-            traceback.print_exc()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
-        raise
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
+
+def rank_result(rank: int, size: int, log: EpochLog, sharding: str | None, chosen: str, weights) -> dict:
+    """What a rank returns to the driver: {"rank", "size", "batches", "sharding", "precision" (what it
+    trained in)}; rank 0 adds "history" (all epochs, including those of a resumed run) and "weights"
+    (the final model weights as NumPy arrays)."""
+    result = {"rank": rank, "size": size, "batches": log.batches, "sharding": sharding, "precision": chosen}
+    if rank == 0:
+        result["history"] = log.history
+        result["weights"] = weights
+    return result
 
 
 class Watchdog:
@@ -273,90 +253,6 @@ class Watchdog:
                 os._exit(1)
 
 
-def _train_rank(hvd, watchdog: Watchdog | None, plan: RankPlan) -> dict:
-    rank, size = hvd.rank(), hvd.size()
-    quiet_petastorm()
-    # Horovod: a rank owns its Spark task's cores (spark.task.cpus), not the whole machine.
-    tf.config.threading.set_intra_op_parallelism_threads(plan.task_cpus)
-    tf.config.threading.set_inter_op_parallelism_threads(plan.task_cpus)
-    tf.keras.utils.set_random_seed(plan.seed + rank)
-    # Decided here, on this rank's CPU: a cluster can mix machines with and without bfloat16 units.
-    chosen = precision.resolve(plan.precision)
-    precision.use(chosen)
-    height, width, _ = plan.input_shape
-    progress = watchdog.progress if watchdog is not None else (lambda where: None)
-
-    validation = read_split(plan.val_url, height, width, plan.reader_workers, plan.label_map)
-    progress("reading the validation split")
-    phases = training_phases(plan)
-    model, optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phases[0])
-    progress("building the model")
-    log = EpochLog(
-        images_per_epoch=plan.steps_per_epoch * plan.batch_size * size,
-        history=plan.previous_history,
-        checkpoint_dir=plan.checkpoint_dir if rank == 0 else None,
-        optimizer=optimizer,
-        keep_checkpoints=plan.keep_checkpoints,
-        progress=progress,
-    )
-    reader, sharding = open_train_reader(plan.train_url, rank, size, plan.seed, plan.reader_workers)
-    with reader:
-        shard = (rank, size) if sharding == "rows" else None
-        dataset = training_dataset(
-            reader,
-            height,
-            width,
-            plan.batch_size,
-            plan.shuffle_buffer,
-            plan.augment,
-            plan.seed + rank,
-            shard,
-            plan.repeats,
-            plan.label_map,
-        )
-        if plan.label_smoothing > 0:  # smoothing needs one-hot targets (class weights still apply)
-            dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, len(plan.labels))))
-        for index, phase in enumerate(phases):
-            if index > 0:  # fine-tuning: other trainable layers, a new optimizer at a lower rate
-                model, log.optimizer, scaled_lr = _compiled_model(hvd, plan, rank, size, phase, model)
-            model.fit(
-                dataset,
-                class_weight=plan.class_weight,
-                callbacks=_callbacks(hvd, plan, scaled_lr, log),
-                **fit_arguments(plan, phase, validation, rank),
-            )
-    result = {"rank": rank, "size": size, "batches": log.batches, "sharding": sharding, "precision": chosen}
-    if rank == 0:
-        result["history"] = log.history
-        result["weights"] = model.get_weights()
-    return result
-
-
-def _compiled_model(hvd, plan: RankPlan, rank: int, size: int, phase: Phase, model=None):
-    """The model (built unless given) compiled for `phase` with a distributed optimizer, in rank 0's
-    state on every rank; and the phase's scaled rate."""
-    import horovod.tensorflow as hvd_tf
-
-    # Horovod: scale the learning rate by the number of ranks (the global batch grows with it).
-    scaled_lr = plan.learning_rate * size * phase.rate_factor
-    # Horovod: average gradients across ranks.
-    compression = hvd.Compression.fp16 if plan.gradient_compression == "fp16" else hvd.Compression.none
-    model, optimizer = compile_model(
-        plan,
-        scaled_lr,
-        wrap=lambda adam: hvd.DistributedOptimizer(adam, compression=compression),
-        model=model,
-        trainable=phase.trainable,
-    )
-    if rank == 0:
-        # Horovod: only rank 0 reads the checkpoint; the broadcast below hands its state to the others.
-        restore_into(plan, phase, model, optimizer)
-    # Horovod: every rank starts from rank 0's weights and optimizer state, before the first step (the
-    # callback in `_callbacks` broadcasts again after the first batch, as in Horovod's examples).
-    hvd_tf.broadcast_variables(model.variables + list(optimizer.variables), root_rank=0)
-    return model, optimizer, scaled_lr
-
-
 def compile_model(plan: RankPlan, learning_rate: float, wrap=None, model=None, trainable: int | None = None):
     """The plan's model (built unless `model` is given) compiled with Adam at `learning_rate` (wrapped
     by `wrap`, e.g. Horovod's distributed optimizer), its optimizer built so that restores and
@@ -375,27 +271,6 @@ def compile_model(plan: RankPlan, learning_rate: float, wrap=None, model=None, t
     model.compile(optimizer=optimizer, loss=loss(plan.label_smoothing), metrics=["accuracy"])
     optimizer.build(model.trainable_variables)
     return model, optimizer
-
-
-def _callbacks(hvd, plan: RankPlan, scaled_lr: float, log: EpochLog) -> list:
-    callbacks = [
-        # Horovod: broadcast initial variable states from rank 0 to all other processes.
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        # Horovod: average metrics among ranks at the end of every epoch, before anything reads them.
-        hvd.callbacks.MetricAverageCallback(),
-    ]
-    if plan.warmup_steps == 0 and plan.warmup_epochs > 0:
-        # Horovod: ramp the learning rate from lr to lr * size over the first epochs.
-        callbacks.append(
-            hvd.callbacks.LearningRateWarmupCallback(
-                initial_lr=scaled_lr,
-                warmup_epochs=plan.warmup_epochs,
-                steps_per_epoch=plan.steps_per_epoch,
-                verbose=0,
-            )
-        )
-        return [*callbacks, *fit_callbacks(plan, scaled_lr, hvd.size(), log, warmup=False)]
-    return [*callbacks, *fit_callbacks(plan, scaled_lr, hvd.size(), log)]
 
 
 def fit_callbacks(plan: RankPlan, scaled_lr: float, size: int, log: EpochLog, warmup: bool = True) -> list:

@@ -41,7 +41,6 @@ from skinspark.model_dir import threshold_of
 from skinspark.score import chunks
 from skinspark.score.chunks import (
     CHUNK,
-    Chunk,
     check_output,
     chunk_dirs,
     plan_chunks,
@@ -61,11 +60,12 @@ from skinspark.score.columns import (
     SCORED_AT,
     output_columns,
 )
+from skinspark.score.errors import ScoreError
 from skinspark.score.isic import check_submission_task, evaluate_against_truth, write_submission
+from skinspark.score.keyspace import Chunk, Source
 from skinspark.score.predict import WorkerModel, open_models, predict_frame
 from skinspark.score.report import (
     METRICS_FILE,
-    ScoreError,
     ScoreResult,
     check_precision,
     count_output,
@@ -75,7 +75,7 @@ from skinspark.score.report import (
     verdict,
     write_metrics,
 )
-from skinspark.score.sources import Source, open_source
+from skinspark.score.sources import open_source
 from skinspark.score.udf import UDF_NAME, predict_series, predict_udf, register_predict_udf
 from skinspark.session import query_settings
 from skinspark.tasks import Task, task_of_labels

@@ -1,33 +1,24 @@
-"""What a scoring run counts and reports: its error and result, the manifest, the labelled metrics,
-the verdict and the one-screen summary."""
+"""What a scoring run counts and reports: its result, the manifest, the labelled metrics, the verdict
+and the one-screen summary."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from skinspark import precision, schema, storage
 from skinspark.config import ScoreConfig
-from skinspark.errors import JobError
 from skinspark.manifest import JobResult, to_json
+from skinspark.score.columns import ERROR, ERROR_REASON, PATH, PREDICTED_DX, output_columns
+from skinspark.score.errors import ScoreError
+from skinspark.score.keyspace import Source
 from skinspark.tasks import DX7, Task
 from skinspark.versions import package_versions
 
-if TYPE_CHECKING:
-    from skinspark.score.sources import Source
-
-from skinspark.score.columns import ERROR, ERROR_REASON, PATH, PREDICTED_DX, output_columns
-
 METRICS_FILE = "_metrics.json"
-
-
-class ScoreError(JobError):
-    """A problem that stops the whole scoring job (bad model directory, missing input, a foreign
-    output)."""
 
 
 class ScoreResult(JobResult):

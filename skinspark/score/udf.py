@@ -20,8 +20,9 @@ from skinspark.score.columns import (
     PREDICTED_LABEL,
     prediction_struct,
 )
+from skinspark.score.errors import ScoreError
 from skinspark.score.predict import WorkerModel, open_model, predict_frame
-from skinspark.score.report import ScoreError, check_precision
+from skinspark.score.report import check_precision
 
 UDF_NAME = "skinspark_predict"
 

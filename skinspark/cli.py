@@ -11,7 +11,8 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from skinspark.config import ConfigError, Loaded, load_config, parse_overrides
+from skinspark.config import Loaded, load_config, parse_overrides
+from skinspark.errors import ConfigError
 from skinspark.manifest import JobResult
 from skinspark.session import build_session, stop_session
 from skinspark.tracking import TrackedRun, TrackingError

@@ -35,6 +35,7 @@ from pyspark.sql import SparkSession
 
 from skinspark import storage
 from skinspark.config import ScoreConfig
+from skinspark.errors import ConfigError
 from skinspark.images import IMAGE_KINDS, scan_settings
 from skinspark.manifest import write_record
 from skinspark.model_dir import threshold_of
@@ -67,7 +68,6 @@ from skinspark.score.predict import WorkerModel, open_models, predict_frame
 from skinspark.score.report import (
     METRICS_FILE,
     ScoreResult,
-    check_precision,
     count_output,
     labelled_metrics,
     start_manifest,
@@ -88,7 +88,6 @@ __all__ = [
     "LABEL_COLUMNS",
     "METRICS_FILE",
     "MODEL_ID",
-    "MODES",
     "PATH",
     "PREDICTED_DX",
     "PREDICTED_LABEL",
@@ -109,9 +108,6 @@ __all__ = [
     "summary",
     "verdict",
 ]
-
-
-MODES = ("overwrite", "resume")
 
 
 def score(
@@ -153,7 +149,10 @@ def score(
     """
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    _check_config(config)
+    try:
+        config.check()
+    except ConfigError as error:
+        raise ScoreError(str(error)) from None
     if (images is None) == (table is None):
         raise ScoreError("give either image paths or a table, not both or neither")
     one = isinstance(model_dir, str | os.PathLike)
@@ -247,17 +246,6 @@ def _plan(
     if config.mode == "overwrite" and storage.exists(spark, output):
         storage.delete(spark, output)  # only now: a failed listing leaves the old output alone
     return kept, seen, already, plan
-
-
-def _check_config(config: ScoreConfig) -> None:
-    if config.mode not in MODES:
-        raise ScoreError(f"mode must be one of {MODES}, got {config.mode!r}")
-    for name in ("batch_size", "chunk_files", "max_image_bytes", "partition_mb"):
-        if getattr(config, name) < 1:
-            raise ScoreError(f"{name} must be at least 1, got {getattr(config, name)}")
-    if not 0.0 <= config.max_bad_fraction <= 1.0:
-        raise ScoreError(f"max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
-    check_precision(config.precision)
 
 
 def _settings(spark: SparkSession, config: ScoreConfig) -> dict[str, str]:

@@ -9,11 +9,10 @@ from collections import Counter
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from skinspark import precision, schema, storage
+from skinspark import schema, storage
 from skinspark.config import ScoreConfig
 from skinspark.manifest import JobResult, to_json
 from skinspark.score.columns import ERROR, ERROR_REASON, PATH, PREDICTED_DX, output_columns
-from skinspark.score.errors import ScoreError
 from skinspark.score.keyspace import Source
 from skinspark.tasks import DX7, Task
 from skinspark.versions import package_versions
@@ -149,14 +148,6 @@ def verdict(manifest: dict, config: ScoreConfig) -> dict:
             ),
         )
     return verdict
-
-
-def check_precision(requested: str) -> None:
-    """ScoreError unless `requested` is one of `skinspark.precision.PRECISIONS`."""
-    try:
-        precision.validate(requested)
-    except ValueError as error:
-        raise ScoreError(str(error)) from None
 
 
 def worker_summary(stats: dict) -> dict:

@@ -1,6 +1,9 @@
 """A job's record and its atomic publish: `_manifest.json` and `_config.yaml` beside every output, the
 result each job returns, and writes that a reader sees whole or not at all (a local file or folder,
-or a Hadoop directory)."""
+or a Hadoop directory).
+
+The names of the records beside a job's output (underscored: Spark's readers skip them) are constants
+here and only here; a model directory's own files are named in `skinspark.model_dir`."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from skinspark import schema, storage
 
 MANIFEST_FILE = "_manifest.json"  # written last: its presence (status "complete") means done
 CONFIG_FILE = "_config.yaml"  # the resolved config the output was made with
+SCORING_METRICS_FILE = "_metrics.json"  # a predictions output's metrics (a labelled table, or --truth)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,20 @@ import pandas as pd
 from skinspark import schema, storage
 from skinspark.config import Loaded
 from skinspark.errors import JobError, typed_line
-from skinspark.manifest import CONFIG_FILE, MANIFEST_FILE
+from skinspark.manifest import CONFIG_FILE, MANIFEST_FILE, SCORING_METRICS_FILE
+from skinspark.model_dir import (
+    CONFUSION_MATRIX_FILE,
+    CROSS_VALIDATION_CSV,
+    CROSS_VALIDATION_JSON,
+    HISTORY_FILE,
+    INGEST_MANIFEST_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    PREPROCESSING_FILE,
+    RELIABILITY_DIAGRAM_FILE,
+    TEST_PREDICTIONS_FILE,
+    TRAINING_CURVES_FILE,
+)
 
 INSTALL_HINT = "pip install 'skinspark[tracking]'"
 MODEL_ARTIFACT = "model"  # the logged model's name inside its run
@@ -33,19 +46,16 @@ MODEL_ARTIFACT = "model"  # the logged model's name inside its run
 TRAINING_ARTIFACTS = (
     MANIFEST_FILE,
     CONFIG_FILE,
-    "metrics.json",
-    "history.csv",
-    "test_predictions.csv",
-    "labels.json",
-    "preprocessing.json",
-    "ingest_manifest.json",
-    "training_curves.png",
-    "confusion_matrix.png",
-    "reliability_diagram.png",
+    METRICS_FILE,
+    HISTORY_FILE,
+    TEST_PREDICTIONS_FILE,
+    LABELS_FILE,
+    PREPROCESSING_FILE,
+    INGEST_MANIFEST_FILE,
+    TRAINING_CURVES_FILE,
+    CONFUSION_MATRIX_FILE,
+    RELIABILITY_DIAGRAM_FILE,
 )
-# A cross-validation's records (skinspark.train.cross_validation's RESULT_JSON and RESULT_CSV).
-CROSS_VALIDATION_JSON, CROSS_VALIDATION_CSV = "cross_validation.json", "cross_validation.csv"
-SCORING_METRICS_FILE = "_metrics.json"  # skinspark.score.METRICS_FILE (a stage's internals stay its own)
 # The headline figures of one `classification_metrics` result, logged under these names.
 HEADLINE_METRICS = (
     "images",
@@ -356,8 +366,8 @@ def _log_model(mlflow, model, model_dir: str, model_name: str):
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    spec = json.loads((Path(model_dir) / "preprocessing.json").read_text())
-    labels = json.loads((Path(model_dir) / "labels.json").read_text())["labels"]  # the task's units
+    spec = json.loads((Path(model_dir) / PREPROCESSING_FILE).read_text())
+    labels = json.loads((Path(model_dir) / LABELS_FILE).read_text())["labels"]  # the task's units
     shape = (-1, int(spec["height"]), int(spec["width"]), int(spec["channels"]))
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(spec["input_dtype"]), shape)]),

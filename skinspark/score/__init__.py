@@ -66,7 +66,6 @@ from skinspark.score.isic import check_submission_task, evaluate_against_truth, 
 from skinspark.score.keyspace import Chunk, Source
 from skinspark.score.predict import WorkerModel, open_models, predict_frame
 from skinspark.score.report import (
-    METRICS_FILE,
     ScoreResult,
     count_output,
     labelled_metrics,
@@ -86,7 +85,6 @@ __all__ = [
     "ERROR",
     "ERROR_REASON",
     "LABEL_COLUMNS",
-    "METRICS_FILE",
     "MODEL_ID",
     "PATH",
     "PREDICTED_DX",

@@ -11,13 +11,11 @@ from pyspark.sql import functions as F
 
 from skinspark import schema, storage
 from skinspark.config import ScoreConfig
-from skinspark.manifest import JobResult, to_json
+from skinspark.manifest import SCORING_METRICS_FILE, JobResult, to_json
 from skinspark.score.columns import ERROR, ERROR_REASON, PATH, PREDICTED_DX, output_columns
 from skinspark.score.keyspace import Source
 from skinspark.tasks import DX7, Task
 from skinspark.versions import package_versions
-
-METRICS_FILE = "_metrics.json"
 
 
 class ScoreResult(JobResult):
@@ -54,7 +52,7 @@ def write_metrics(spark: SparkSession, output: str, metrics: dict) -> dict:
     """Write `_metrics.json` ({name: classification_metrics}); returns the manifest's headline figures."""
     if not metrics:
         return {}
-    storage.write_text(spark, f"{output}/{METRICS_FILE}", to_json(metrics))
+    storage.write_text(spark, f"{output}/{SCORING_METRICS_FILE}", to_json(metrics))
     return {"metrics": {name: headline_figures(m) for name, m in metrics.items()}}
 
 

@@ -166,7 +166,7 @@ def _trained_on(model_dir: Path) -> str:
         ) from None
 
 
-def summary(report: dict) -> str:
+def export_summary(report: dict) -> str:
     """The export's figures in a few lines."""
     verdict = "meets" if report["meets_target"] else "is BELOW"
     return (

@@ -25,7 +25,7 @@ import pandas as pd
 from skinspark import schema, storage
 from skinspark.config import Loaded
 from skinspark.errors import JobError, typed_line
-from skinspark.manifest import CONFIG_FILE, MANIFEST_FILE, SCORING_METRICS_FILE
+from skinspark.manifest import CONFIG_FILE, COUNTS_KEY, MANIFEST_FILE, SCORING_METRICS_FILE, STATUS_KEY
 from skinspark.model_dir import (
     CONFUSION_MATRIX_FILE,
     CROSS_VALIDATION_CSV,
@@ -251,7 +251,7 @@ def log_scoring(spark, result, loaded: Loaded, tracking_uri: str, experiment: st
         metrics.update(metric_scalars(figures, prefix=f"{name}_"))
     tags = {
         "job": "score",
-        "status": manifest["status"],
+        "status": manifest[STATUS_KEY],
         "model_id": manifest["model"]["model_id"],
         "model_dir": manifest["model"]["dir"],
         "input_kind": manifest["input_kind"],
@@ -329,7 +329,7 @@ def scoring_counts(manifest: Mapping[str, Any]) -> dict[str, float]:
     """A scoring manifest's numbers as metrics: the output's counts (`rows`, `scored`, `errors`,
     `errors_<reason>`, `predicted_<label>`, ...), this run's (`files_seen`, `files_scored`, `seconds`,
     ...), `bad_fraction`, and the ground truth's match counts as `truth_<count>`."""
-    counts = manifest.get("counts", {})
+    counts = manifest.get(COUNTS_KEY, {})
     values = {key: value for key, value in counts.items() if isinstance(value, int | float)}
     for reason, number in counts.get("errors_by_reason", {}).items():
         values[f"errors_{reason}"] = number

@@ -62,7 +62,7 @@ from skinspark.ingest.report import (
     summary,
 )
 from skinspark.ingest.table import write_table
-from skinspark.manifest import publish, staging_path, write_record
+from skinspark.manifest import COUNTS_KEY, publish, staging_path, write_record
 
 __all__ = [
     "CORRUPT_COLUMN",
@@ -207,6 +207,6 @@ def _finish(spark, staging, quarantine, manifest, config_text, output, started) 
     )
     seconds = time.perf_counter() - started
     manifest["seconds"] = round(seconds, 3)
-    manifest["images_per_second"] = round(manifest["counts"]["files"]["seen"] / seconds, 1)
+    manifest["images_per_second"] = round(manifest[COUNTS_KEY]["files"]["seen"] / seconds, 1)
     write_record(spark, staging, manifest, config_text)
     publish(spark, staging, output)

@@ -14,7 +14,14 @@ import argparse
 import sys
 
 from skinspark.cli import fail
-from skinspark.export import CALIBRATION_IMAGES, FORMATS, QUANTIZATIONS, ExportError, export_tflite, summary
+from skinspark.export import (
+    CALIBRATION_IMAGES,
+    FORMATS,
+    QUANTIZATIONS,
+    ExportError,
+    export_summary,
+    export_tflite,
+)
 from skinspark.train import TrainInputError
 
 
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         report = export_tflite(args.model, args.output, args.quantize, args.data, args.calibration_images)
     except (ExportError, TrainInputError, ValueError, OSError) as error:
         return fail("export", str(error))
-    print(summary(report))
+    print(export_summary(report))
     if args.strict and not report["meets_target"]:
         return fail(
             "export", f"argmax agreement {report['argmax_agreement']:.2%} is below the target", code=1

@@ -18,7 +18,7 @@ import sys
 
 from skinspark import tracking
 from skinspark.cli import add_common_arguments, add_tracking_arguments, finish, flag_values, log_run, run_job
-from skinspark.config import ScoreConfig
+from skinspark.config import SCORE_MODES, ScoreConfig
 from skinspark.score import ScoreError, score, summary
 
 
@@ -52,7 +52,7 @@ def args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mode",
-        choices=["overwrite", "resume"],
+        choices=SCORE_MODES,
         help="overwrite: replace DIR (default); resume: score only files not already in DIR",
     )
     parser.add_argument("--batch-size", type=int, help="images per Arrow batch and model call (default 256)")

@@ -11,8 +11,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from skinspark.config import ConfigError, Loaded, load_config, parse_overrides
-from skinspark.manifest import JobResult
+from skinspark.config import Loaded, load_config, parse_overrides
+from skinspark.errors import ConfigError
+from skinspark.manifest import ERROR_KEY, JobResult
 from skinspark.session import build_session, stop_session
 from skinspark.tracking import TrackedRun, TrackingError
 
@@ -96,7 +97,7 @@ def finish(job: str, result: JobResult, summary: str, label: str) -> int:
     """Print a job's summary, then where its output is (exit 0), or its verdict's error (exit 1)."""
     print(summary)
     if not result.ok:
-        return fail(job, result.manifest["error"], code=1)
+        return fail(job, result.manifest[ERROR_KEY], code=1)
     print(f"{label}: {result.output}")
     return 0
 

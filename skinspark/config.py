@@ -6,6 +6,10 @@ and explicit command-line flags). Keys that start with `spark.` are Spark settin
 session; any other key must be a field of the job's config, or loading fails naming the key. A key
 `section.name` (an override, or `name:` under a `section:` mapping in the file) is the field
 `section_name`: `mlflow.tracking_uri` and `mlflow: {tracking_uri: ...}` both set `mlflow_tracking_uri`.
+
+A value's type is checked while loading; whether the values make sense together is each dataclass's
+`check()`, written beside its fields and raising `ConfigError` naming the first bad setting. The
+library call that takes the config calls it first and turns the error into its job's stopping error.
 """
 
 from __future__ import annotations
@@ -14,15 +18,76 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from skinspark import precision, schema
+from skinspark.errors import ConfigError
 from skinspark.session import CONF_DIR
 
 C = TypeVar("C")
+
+# split_by's values and the column whose values each keeps whole on one side of the split.
+SPLIT_UNITS = {"lesion": schema.LESION_ID, "image": schema.IMAGE_ID}
+SCORE_MODES = ("overwrite", "resume")  # replace the output, or score only files not in it
+
+
+def first_failure(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise ConfigError with the message of the first `(holds, message)` check that does not hold."""
+    for holds, message in checks:
+        if not holds:
+            raise ConfigError(message)
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """The train/val/test fractions as floats.
+
+    Raises:
+        ConfigError: unless three non-negative numbers sum to 1.
+    """
+    values = tuple(float(value) for value in fractions)
+    if len(values) != len(schema.SPLITS) or any(value < 0 for value in values):
+        raise ConfigError(f"split needs three non-negative fractions (train,val,test), got {fractions}")
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ConfigError(f"split fractions must sum to 1, got {fractions} (sum {sum(values):.4f})")
+    return values  # type: ignore[return-value]
+
+
+def check_folds(folds: int) -> int:
+    """`folds` itself.
+
+    Raises:
+        ConfigError: unless it is 0 (no folds) or at least 2.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
+        raise ConfigError(f"folds must be 0 (no folds) or at least 2, got {folds!r}")
+    return folds
+
+
+def check_split_by(split_by: str) -> str:
+    """`split_by` itself.
+
+    Raises:
+        ConfigError: unless it is one of SPLIT_UNITS.
+    """
+    if split_by not in SPLIT_UNITS:
+        raise ConfigError(f"split_by must be one of {sorted(SPLIT_UNITS)}, got {split_by!r}")
+    return split_by
+
+
+def check_precision(requested: str) -> str:
+    """`requested` itself.
+
+    Raises:
+        ConfigError: unless it is one of `skinspark.precision.PRECISIONS`.
+    """
+    try:
+        return precision.validate(requested)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +112,12 @@ class IngestConfig:
     arrow_batch_size: int = 256  # rows per Arrow batch handed to the decoder (~30 MB of JPEG bytes)
     rows_per_file: int = 4096  # ~90 MB of 75x100 tensors per Parquet file
     row_group_mb: int = 32  # Parquet row groups of tens of MB suit Petastorm's streaming reader
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first setting ingest cannot work with."""
+        check_fractions(self.split)
+        check_folds(self.folds)
+        check_split_by(self.split_by)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +190,26 @@ class ScoreConfig:
     mlflow_tracking_uri: str = ""  # as TrainConfig's: log the finished run's counts and metrics there
     mlflow_experiment: str = "skinspark"
 
+    def check(self) -> None:
+        """Raise ConfigError naming the first setting scoring cannot work with."""
+        at_least_one = ("batch_size", "chunk_files", "max_image_bytes", "partition_mb")
+        first_failure(
+            [
+                (self.mode in SCORE_MODES, f"mode must be one of {SCORE_MODES}, got {self.mode!r}"),
+                *[
+                    (getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+                    for name in at_least_one
+                ],
+                (
+                    0.0 <= self.max_bad_fraction <= 1.0,
+                    f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}",
+                ),
+            ]
+        )
+        check_precision(self.precision)
+
 
 JOB_CONFIGS: dict[str, type] = {"ingest": IngestConfig, "train": TrainConfig, "score": ScoreConfig}
-
-
-class ConfigError(ValueError):
-    """A configuration file or override names an unknown key or has a value of the wrong type."""
 
 
 @dataclasses.dataclass(frozen=True)

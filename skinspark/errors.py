@@ -1,5 +1,6 @@
-"""The base of every job's stopping error, and one-line messages taken from exceptions that span many
-lines (Spark's carry whole JVM traces, TensorFlow's the graph node's definition)."""
+"""The base of every job's stopping error, the configuration error, and one-line messages taken from
+exceptions that span many lines (Spark's carry whole JVM traces, TensorFlow's the graph node's
+definition)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ _PREFIX = re.compile(
     r"^(\{\{function_node [^}]*\}\}\s*|Error in user-defined function passed to \S+ transformation with "
     r"iterator: \S+: )+"
 )
+
+
+class ConfigError(ValueError):
+    """A job's configuration that cannot be used: a file or override naming an unknown key or giving a
+    value of the wrong type, or settings that a config's `check()` refuses. A job turns it into its own
+    stopping error (or exit code 2) with the message unchanged."""
 
 
 class JobError(RuntimeError):

@@ -22,13 +22,12 @@ import numpy as np
 from skinspark import model_dir as model_dir_module
 from skinspark import schema
 from skinspark.errors import TableError
-from skinspark.manifest import write_json_atomic
+from skinspark.manifest import MANIFEST_FILE, write_json_atomic
+from skinspark.model_dir import EXPORT_FILE, TFLITE_FILE
 from skinspark.table import petastorm_url, read_split, split_url
 
 FORMATS = ("tflite",)
 QUANTIZATIONS = ("none", "float16", "int8")
-TFLITE_FILE = "model.tflite"
-EXPORT_FILE = "export.json"
 # Share of the test split's argmax predictions the export must share with the Keras model.
 AGREEMENT_TARGETS = {"none": 0.99, "float16": 0.99, "int8": 0.97}
 # Validation images the int8 calibration runs (all of them when fewer; HAM10000's split holds about 1,000).
@@ -79,7 +78,7 @@ def export_tflite(
     except Exception as error:  # a model.keras this Keras cannot read (e.g. saved by another stack's)
         first_line = str(error).splitlines()[0][:300] if str(error) else ""
         raise ExportError(
-            f"cannot load {model_dir}/model.keras: {type(error).__name__}: {first_line}"
+            f"cannot load {model_dir}/{model_dir_module.MODEL_FILE}: {type(error).__name__}: {first_line}"
         ) from None
     if isinstance(model, model_dir_module.TFLiteModel):
         raise ExportError(
@@ -164,7 +163,7 @@ def check_tflite(flat: bytes, model, images: np.ndarray) -> dict:
 
 
 def _trained_on(model_dir: Path) -> str:
-    manifest = model_dir / "_manifest.json"
+    manifest = model_dir / MANIFEST_FILE
     try:
         return json.loads(manifest.read_text())["data"]
     except (OSError, ValueError, KeyError):
@@ -173,7 +172,7 @@ def _trained_on(model_dir: Path) -> str:
         ) from None
 
 
-def summary(report: dict) -> str:
+def export_summary(report: dict) -> str:
     """The export's figures in a few lines."""
     verdict = "meets" if report["meets_target"] else "is BELOW"
     return (

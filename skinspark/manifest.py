@@ -1,6 +1,9 @@
 """A job's record and its atomic publish: `_manifest.json` and `_config.yaml` beside every output, the
 result each job returns, and writes that a reader sees whole or not at all (a local file or folder,
-or a Hadoop directory)."""
+or a Hadoop directory).
+
+The names of the records beside a job's output (underscored: Spark's readers skip them) are constants
+here and only here; a model directory's own files are named in `skinspark.model_dir`."""
 
 from __future__ import annotations
 
@@ -20,6 +23,15 @@ from skinspark import schema, storage
 
 MANIFEST_FILE = "_manifest.json"  # written last: its presence (status "complete") means done
 CONFIG_FILE = "_config.yaml"  # the resolved config the output was made with
+SCORING_METRICS_FILE = "_metrics.json"  # a predictions output's metrics (a labelled table, or --truth)
+
+# Every job's verdict, which the jobs' entry points, the summaries, training (of its table) and
+# tracking read: STATUS_KEY goes from STATUS_RUNNING to STATUS_COMPLETE, or to STATUS_FAILED with the
+# one line that says why under ERROR_KEY.
+STATUS_KEY = "status"
+ERROR_KEY = "error"
+STATUS_RUNNING, STATUS_COMPLETE, STATUS_FAILED = "running", "complete", "failed"
+COUNTS_KEY = "counts"  # what the output holds, counted (each job's own breakdown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +43,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
-        return self.manifest["status"] == "complete"
+        return self.manifest[STATUS_KEY] == STATUS_COMPLETE
 
 
 def to_json(data: Any) -> str:

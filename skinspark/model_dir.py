@@ -10,6 +10,10 @@ A model directory holds everything scoring needs (see `save_model_dir`):
     _config.yaml           the resolved training config
     ingest_manifest.json   the manifest of the ingested table the model was trained on
 
+Every file name of a model directory is a constant here, and only here: training writes them, export
+adds its own, scoring, tracking and the tools read them. (The records beside any job's output,
+`_manifest.json` and `_config.yaml`, are named in `skinspark.manifest`.)
+
 Reading the JSON files, hashing and shipping import no TensorFlow (the scoring driver never starts
 it); only `save_model_dir` and `load_model` do.
 """
@@ -42,6 +46,16 @@ INGEST_MANIFEST_FILE = "ingest_manifest.json"
 METRICS_FILE = "metrics.json"  # the test split's metrics, written by training
 MODEL_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESSING_FILE)  # what decides predictions: model_id hashes these
 TFLITE_FILE = "model.tflite"
+EXPORT_FILE = "export.json"  # an export's check against the Keras model (`skinspark.export`)
+# Training's figures and plots of the test split.
+HISTORY_FILE = "history.csv"
+TEST_PREDICTIONS_FILE = "test_predictions.csv"
+TRAINING_CURVES_FILE = "training_curves.png"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+RELIABILITY_DIAGRAM_FILE = "reliability_diagram.png"
+# A cross-validation's records, in the directory that holds its fold-k model directories.
+CROSS_VALIDATION_JSON = "cross_validation.json"
+CROSS_VALIDATION_CSV = "cross_validation.csv"
 PIXEL_SCALING = "model: Rescaling(1/255)"
 _SPARKFILES = "sparkfiles:"
 

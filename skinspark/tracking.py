@@ -25,7 +25,20 @@ import pandas as pd
 from skinspark import schema, storage
 from skinspark.config import Loaded
 from skinspark.errors import JobError, typed_line
-from skinspark.manifest import CONFIG_FILE, MANIFEST_FILE
+from skinspark.manifest import CONFIG_FILE, COUNTS_KEY, MANIFEST_FILE, SCORING_METRICS_FILE, STATUS_KEY
+from skinspark.model_dir import (
+    CONFUSION_MATRIX_FILE,
+    CROSS_VALIDATION_CSV,
+    CROSS_VALIDATION_JSON,
+    HISTORY_FILE,
+    INGEST_MANIFEST_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    PREPROCESSING_FILE,
+    RELIABILITY_DIAGRAM_FILE,
+    TEST_PREDICTIONS_FILE,
+    TRAINING_CURVES_FILE,
+)
 
 INSTALL_HINT = "pip install 'skinspark[tracking]'"
 MODEL_ARTIFACT = "model"  # the logged model's name inside its run
@@ -33,19 +46,16 @@ MODEL_ARTIFACT = "model"  # the logged model's name inside its run
 TRAINING_ARTIFACTS = (
     MANIFEST_FILE,
     CONFIG_FILE,
-    "metrics.json",
-    "history.csv",
-    "test_predictions.csv",
-    "labels.json",
-    "preprocessing.json",
-    "ingest_manifest.json",
-    "training_curves.png",
-    "confusion_matrix.png",
-    "reliability_diagram.png",
+    METRICS_FILE,
+    HISTORY_FILE,
+    TEST_PREDICTIONS_FILE,
+    LABELS_FILE,
+    PREPROCESSING_FILE,
+    INGEST_MANIFEST_FILE,
+    TRAINING_CURVES_FILE,
+    CONFUSION_MATRIX_FILE,
+    RELIABILITY_DIAGRAM_FILE,
 )
-# A cross-validation's records (skinspark.train.cross_validation's RESULT_JSON and RESULT_CSV).
-CROSS_VALIDATION_JSON, CROSS_VALIDATION_CSV = "cross_validation.json", "cross_validation.csv"
-SCORING_METRICS_FILE = "_metrics.json"  # skinspark.score.METRICS_FILE (a stage's internals stay its own)
 # The headline figures of one `classification_metrics` result, logged under these names.
 HEADLINE_METRICS = (
     "images",
@@ -241,7 +251,7 @@ def log_scoring(spark, result, loaded: Loaded, tracking_uri: str, experiment: st
         metrics.update(metric_scalars(figures, prefix=f"{name}_"))
     tags = {
         "job": "score",
-        "status": manifest["status"],
+        "status": manifest[STATUS_KEY],
         "model_id": manifest["model"]["model_id"],
         "model_dir": manifest["model"]["dir"],
         "input_kind": manifest["input_kind"],
@@ -319,7 +329,7 @@ def scoring_counts(manifest: Mapping[str, Any]) -> dict[str, float]:
     """A scoring manifest's numbers as metrics: the output's counts (`rows`, `scored`, `errors`,
     `errors_<reason>`, `predicted_<label>`, ...), this run's (`files_seen`, `files_scored`, `seconds`,
     ...), `bad_fraction`, and the ground truth's match counts as `truth_<count>`."""
-    counts = manifest.get("counts", {})
+    counts = manifest.get(COUNTS_KEY, {})
     values = {key: value for key, value in counts.items() if isinstance(value, int | float)}
     for reason, number in counts.get("errors_by_reason", {}).items():
         values[f"errors_{reason}"] = number
@@ -356,8 +366,8 @@ def _log_model(mlflow, model, model_dir: str, model_name: str):
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    spec = json.loads((Path(model_dir) / "preprocessing.json").read_text())
-    labels = json.loads((Path(model_dir) / "labels.json").read_text())["labels"]  # the task's units
+    spec = json.loads((Path(model_dir) / PREPROCESSING_FILE).read_text())
+    labels = json.loads((Path(model_dir) / LABELS_FILE).read_text())["labels"]  # the task's units
     shape = (-1, int(spec["height"]), int(spec["width"]), int(spec["channels"]))
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(spec["input_dtype"]), shape)]),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from skinspark.config import ConfigError, IngestConfig, ScoreConfig, TrainConfig, load_config, parse_overrides
+from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config, parse_overrides
+from skinspark.errors import ConfigError
 
 
 def test_defaults_when_nothing_given(tmp_path):

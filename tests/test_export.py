@@ -15,9 +15,8 @@ import jobs.ingest as ingest_job
 import jobs.score as score_job
 from skinspark import schema
 from skinspark import score as score_lib
-from skinspark.export import EXPORT_FILE, TFLITE_FILE
 from skinspark.model import build_model
-from skinspark.model_dir import save_model_dir
+from skinspark.model_dir import EXPORT_FILE, TFLITE_FILE, save_model_dir
 from skinspark.table import petastorm_url, read_split
 from skinspark.tools.synthetic import generate
 

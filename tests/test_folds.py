@@ -15,7 +15,8 @@ import pytest
 from jobs import ingest as ingest_job
 from jobs import train as train_job
 from skinspark import precision, schema
-from skinspark.ingest.split import assign_folds, check_folds, missing_classes
+from skinspark.config import check_folds
+from skinspark.ingest.split import assign_folds, missing_classes
 from skinspark.metrics import classification_metrics
 from skinspark.tools.synthetic import generate
 from skinspark.train import TrainInputError

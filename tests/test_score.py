@@ -20,6 +20,7 @@ from jobs import score as score_job
 from skinspark import model_cache, schema
 from skinspark import model_dir as model_dir_lib
 from skinspark import score as score_lib
+from skinspark.manifest import SCORING_METRICS_FILE
 from skinspark.preprocess import decode_image
 from skinspark.score import chunks as score_chunks
 from skinspark.tools.synthetic import generate
@@ -465,7 +466,7 @@ def test_table_mode_carries_labels_and_writes_metrics(spark, generated, model_di
     assert len(merged) == 30
     assert (merged[schema.LABEL] == merged[f"{schema.LABEL}_table"]).all()
     assert (merged[schema.SPLIT].astype(str) == merged[f"{schema.SPLIT}_table"].astype(str)).all()
-    metrics = json.loads((output / score_lib.METRICS_FILE).read_text())
+    metrics = json.loads((output / SCORING_METRICS_FILE).read_text())
     assert metrics["all"]["images"] == 30
     accuracy = (rows[score_lib.PREDICTED_LABEL] == rows[schema.LABEL]).mean()
     assert metrics["all"]["accuracy"] == pytest.approx(accuracy)
@@ -509,7 +510,7 @@ def test_isic_submission_and_ground_truth_from_generated_data(generated, model_d
         "matched_with_error": 0,
         "evaluated": len(metadata) - 1,
     }
-    metrics = json.loads((output / score_lib.METRICS_FILE).read_text())["truth"]
+    metrics = json.loads((output / SCORING_METRICS_FILE).read_text())["truth"]
     assert metrics["images"] == len(metadata) - 1 and 0.0 <= metrics["balanced_accuracy"] <= 1.0
     assert manifest["isic_csv"]["rows"] == len(metadata) and manifest["isic_csv"]["error_rows"] == 0
     out = capsys.readouterr().out

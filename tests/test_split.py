@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skinspark import schema
-from skinspark.ingest.split import assign_splits, check_fractions
+from skinspark.config import check_fractions
+from skinspark.ingest.split import assign_splits
 
 
 def _lesions(sizes_by_class: dict[str, list[int]]) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from jobs import score as score_job
 from jobs import train as train_job
 from skinspark import schema
 from skinspark import score as score_lib
+from skinspark.manifest import SCORING_METRICS_FILE
 from skinspark.metrics import classification_metrics, headline, operating_threshold
 from skinspark.model_dir import read_model_spec, threshold_of
 from skinspark.tasks import DX7, MALIGNANT, get_task, task_of_labels
@@ -205,7 +206,7 @@ def test_a_labelled_table_and_ground_truth_are_grouped_as_the_task(generated, ma
     arguments = ["--model", str(malignant_model), "--table", str(table), "--output", str(output)]
     assert score_job.main(arguments) == 0
     rows = pd.read_parquet(output)
-    metrics = json.loads((output / score_lib.METRICS_FILE).read_text())["all"]
+    metrics = json.loads((output / SCORING_METRICS_FILE).read_text())["all"]
     truth = MALIGNANT.map_labels(rows[schema.LABEL])
     assert metrics["labels"] == ["benign", "malignant"] and metrics["images"] == 30
     assert metrics["accuracy"] == pytest.approx((rows[score_lib.PREDICTED_LABEL].to_numpy() == truth).mean())
@@ -224,7 +225,7 @@ def test_a_labelled_table_and_ground_truth_are_grouped_as_the_task(generated, ma
     output = tmp_path / "truth-scores"
     arguments = ["--model", str(malignant_model), "--images", *images, "--output", str(output)]
     assert score_job.main([*arguments, "--truth", str(tmp_path / "truth.csv")]) == 0
-    evaluated = json.loads((output / score_lib.METRICS_FILE).read_text())["truth"]
+    evaluated = json.loads((output / SCORING_METRICS_FILE).read_text())["truth"]
     assert evaluated["labels"] == ["benign", "malignant"] and evaluated["images"] == 30
     malignant = int(frame["dx"].isin(schema.MALIGNANT_DX).sum())
     assert evaluated["per_class"]["malignant"]["support"] == malignant

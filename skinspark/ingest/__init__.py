@@ -29,10 +29,10 @@ from pyspark.sql import SparkSession
 
 from skinspark import images, schema, storage
 from skinspark.config import IngestConfig
+from skinspark.errors import ConfigError
 from skinspark.images import dicom
 from skinspark.images.archives import is_archive
 from skinspark.ingest.fates import (
-    SPLIT_UNITS,
     apply_failures,
     fold_plan,
     ingested_pairs,
@@ -61,9 +61,8 @@ from skinspark.ingest.report import (
     manifest_for,
     summary,
 )
-from skinspark.ingest.split import check_folds, check_fractions
 from skinspark.ingest.table import write_table
-from skinspark.manifest import publish, staging_path, write_record
+from skinspark.manifest import COUNTS_KEY, publish, staging_path, write_record
 
 __all__ = [
     "CORRUPT_COLUMN",
@@ -122,10 +121,10 @@ def ingest(
             found, a bad setting, or too few lesions for the folds.
     """
     started = time.perf_counter()
-    fractions = check_fractions(config.split)
-    check_folds(config.folds)
-    if config.split_by not in SPLIT_UNITS:
-        raise IngestError(f"split_by must be one of {sorted(SPLIT_UNITS)}, got {config.split_by!r}")
+    try:
+        config.check()
+    except ConfigError as error:
+        raise IngestError(str(error)) from None
     output = storage.qualify(spark, output)
     metadata_path = storage.qualify(spark, metadata_path)
     image_paths = [storage.qualify(spark, path) for path in image_paths]
@@ -140,7 +139,7 @@ def ingest(
     _check_dicom(files)
     files = settle_repeated_ids(spark, frame, files, config, reader)
     files, rows = resolve_fates(files, rows)
-    plan = split_plan(ingested_pairs(files, rows), fractions, config.seed, config.split_by)
+    plan = split_plan(ingested_pairs(files, rows), config.split, config.seed, config.split_by)
     try:
         plan, fold_warnings = fold_plan(plan, config.folds, config.seed, config.split_by)
     except ValueError as error:  # too few lesions (or images) for the folds
@@ -208,6 +207,6 @@ def _finish(spark, staging, quarantine, manifest, config_text, output, started) 
     )
     seconds = time.perf_counter() - started
     manifest["seconds"] = round(seconds, 3)
-    manifest["images_per_second"] = round(manifest["counts"]["files"]["seen"] / seconds, 1)
+    manifest["images_per_second"] = round(manifest[COUNTS_KEY]["files"]["seen"] / seconds, 1)
     write_record(spark, staging, manifest, config_text)
     publish(spark, staging, output)

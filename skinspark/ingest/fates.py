@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from skinspark import images, schema
-from skinspark.config import IngestConfig
+from skinspark.config import SPLIT_UNITS, IngestConfig, check_split_by
 from skinspark.ingest.metadata import CORRUPT_COLUMN, ROW_NUMBER
 from skinspark.ingest.split import assign_folds, assign_splits, missing_classes
 from skinspark.preprocess import ImageError, decode_many
@@ -250,9 +250,6 @@ def quarantine_table(files: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return table.astype(object).where(table.notna(), None)
 
 
-SPLIT_UNITS = {"lesion": schema.LESION_ID, "image": schema.IMAGE_ID}
-
-
 def split_plan(
     pairs: pd.DataFrame, fractions: Sequence[float], seed: int, split_by: str = "lesion"
 ) -> pd.DataFrame:
@@ -262,9 +259,7 @@ def split_plan(
     lesion the same one. `split_by="image"` treats every image as its own unit instead, so photos of
     one lesion can land on both sides: the leaky split, kept only to measure what it inflates.
     """
-    if split_by not in SPLIT_UNITS:
-        raise ValueError(f"split_by must be one of {sorted(SPLIT_UNITS)}, got {split_by!r}")
-    unit = SPLIT_UNITS[split_by]
+    unit = SPLIT_UNITS[check_split_by(split_by)]
     units = pairs.groupby(unit, as_index=False).agg(
         **{schema.DX: (schema.DX, "min"), "images": (schema.IMAGE_ID, "size")}
     )

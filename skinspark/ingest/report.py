@@ -9,7 +9,16 @@ import pandas as pd
 from skinspark import schema
 from skinspark.config import IngestConfig
 from skinspark.errors import JobError
-from skinspark.manifest import JobResult, split_counts
+from skinspark.manifest import (
+    COUNTS_KEY,
+    ERROR_KEY,
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_KEY,
+    STATUS_RUNNING,
+    JobResult,
+    split_counts,
+)
 from skinspark.versions import package_versions
 
 
@@ -81,7 +90,7 @@ def bad_fraction(counts: dict) -> float:
 def manifest_for(config: IngestConfig, reader: str, image_paths, metadata_path: str, counts: dict) -> dict:
     return {
         "job": "ingest",
-        "status": "running",
+        STATUS_KEY: STATUS_RUNNING,
         "reader": reader,
         "inputs": {"images": list(image_paths), "metadata": metadata_path},
         "image_shape": [config.height, config.width, 3],
@@ -90,7 +99,7 @@ def manifest_for(config: IngestConfig, reader: str, image_paths, metadata_path: 
             *([schema.FOLD] if config.folds else []),
             schema.SPLIT,
         ],
-        "counts": counts,
+        COUNTS_KEY: counts,
         "quarantine": {
             **{f"file:{k}": v for k, v in counts["files"]["by_reason"].items()},
             **{f"row:{k}": v for k, v in counts["rows"]["by_reason"].items()},
@@ -105,11 +114,11 @@ def judge(manifest: dict, bad: float, limit: float, output: str) -> str:
     """Set the manifest's status; returns where it goes: `output`, or `<output>_rejected` when the
     share of bad input is over `limit`."""
     if bad <= limit:
-        manifest["status"] = "complete"
+        manifest[STATUS_KEY] = STATUS_COMPLETE
         return output
     target = output + "_rejected"
-    manifest["status"] = "failed"
-    manifest["error"] = (
+    manifest[STATUS_KEY] = STATUS_FAILED
+    manifest[ERROR_KEY] = (
         f"{bad:.1%} of the input is bad, over --max-bad-fraction {limit:.1%}; "
         f"the table was not written, see {target}/_quarantine"
     )
@@ -118,9 +127,9 @@ def judge(manifest: dict, bad: float, limit: float, output: str) -> str:
 
 def summary(manifest: dict) -> str:
     """A one-screen, human-readable summary of an ingest manifest."""
-    counts = manifest["counts"]
+    counts = manifest[COUNTS_KEY]
     lines = [
-        f"ingest {manifest['status']}: {counts['files']['seen']} files, {counts['rows']['read']} CSV rows "
+        f"ingest {manifest[STATUS_KEY]}: {counts['files']['seen']} files, {counts['rows']['read']} CSV rows "
         f"in {manifest.get('seconds', 0):.1f} s ({manifest.get('images_per_second', 0):.0f} images/s)",
         f"  ingested {counts['files']['ingested']} images; "
         f"quarantined {counts['files']['quarantined']} files and {counts['rows']['quarantined']} rows "
@@ -138,14 +147,14 @@ def summary(manifest: dict) -> str:
         lines.append(f"  warning: {warning}")
     for key, value in manifest["quarantine"].items():
         lines.append(f"  quarantine {key}: {value}")
-    if manifest.get("error"):
-        lines.append(f"  ERROR: {manifest['error']}")
+    if manifest.get(ERROR_KEY):
+        lines.append(f"  ERROR: {manifest[ERROR_KEY]}")
     return "\n".join(lines)
 
 
 def fold_line(manifest: dict) -> str:
     """The fold sizes on one line: `  folds (K of train+val): 0: N images (L lesions), 1: ...`."""
-    folds = manifest["counts"]["folds"]
+    folds = manifest[COUNTS_KEY]["folds"]
     sizes = ", ".join(
         f"{fold}: {entry['images']} images ({entry['lesions']} lesions)" for fold, entry in folds.items()
     )

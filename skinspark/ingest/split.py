@@ -17,17 +17,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from skinspark import schema
+from skinspark.config import check_folds, check_fractions
 from skinspark.schema import TEST
-
-
-def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    """Validate train/val/test fractions; raises ValueError unless three non-negative numbers sum to 1."""
-    values = tuple(float(value) for value in fractions)
-    if len(values) != len(schema.SPLITS) or any(value < 0 for value in values):
-        raise ValueError(f"split needs three non-negative fractions (train,val,test), got {fractions}")
-    if abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must sum to 1, got {fractions} (sum {sum(values):.4f})")
-    return values  # type: ignore[return-value]
 
 
 def lesion_order_key(lesion_id: str, seed: int) -> str:
@@ -76,13 +67,6 @@ def _assign_class(group: pd.DataFrame, fractions: tuple[float, float, float], se
         choice = max(range(len(fractions)), key=lambda index: (targets[index] - filled[index], -index))
         filled[choice] += float(images)
         yield lesion_id, schema.SPLITS[choice]
-
-
-def check_folds(folds: int) -> int:
-    """Validate a fold count; raises ValueError unless it is 0 (no folds) or at least 2."""
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
-        raise ValueError(f"folds must be 0 (no folds) or at least 2, got {folds!r}")
-    return folds
 
 
 def assign_folds(rows: pd.DataFrame, folds: int, seed: int, group: str = schema.LESION_ID) -> pd.Series:

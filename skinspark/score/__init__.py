@@ -35,13 +35,13 @@ from pyspark.sql import SparkSession
 
 from skinspark import storage
 from skinspark.config import ScoreConfig
+from skinspark.errors import ConfigError
 from skinspark.images import IMAGE_KINDS, scan_settings
 from skinspark.manifest import write_record
 from skinspark.model_dir import threshold_of
 from skinspark.score import chunks
 from skinspark.score.chunks import (
     CHUNK,
-    Chunk,
     check_output,
     chunk_dirs,
     plan_chunks,
@@ -61,13 +61,12 @@ from skinspark.score.columns import (
     SCORED_AT,
     output_columns,
 )
+from skinspark.score.errors import ScoreError
 from skinspark.score.isic import check_submission_task, evaluate_against_truth, write_submission
+from skinspark.score.keyspace import Chunk, Source
 from skinspark.score.predict import WorkerModel, open_models, predict_frame
 from skinspark.score.report import (
-    METRICS_FILE,
-    ScoreError,
     ScoreResult,
-    check_precision,
     count_output,
     labelled_metrics,
     start_manifest,
@@ -75,7 +74,7 @@ from skinspark.score.report import (
     verdict,
     write_metrics,
 )
-from skinspark.score.sources import Source, open_source
+from skinspark.score.sources import open_source
 from skinspark.score.udf import UDF_NAME, predict_series, predict_udf, register_predict_udf
 from skinspark.session import query_settings
 from skinspark.tasks import Task, task_of_labels
@@ -86,9 +85,7 @@ __all__ = [
     "ERROR",
     "ERROR_REASON",
     "LABEL_COLUMNS",
-    "METRICS_FILE",
     "MODEL_ID",
-    "MODES",
     "PATH",
     "PREDICTED_DX",
     "PREDICTED_LABEL",
@@ -109,9 +106,6 @@ __all__ = [
     "summary",
     "verdict",
 ]
-
-
-MODES = ("overwrite", "resume")
 
 
 def score(
@@ -153,7 +147,10 @@ def score(
     """
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    _check_config(config)
+    try:
+        config.check()
+    except ConfigError as error:
+        raise ScoreError(str(error)) from None
     if (images is None) == (table is None):
         raise ScoreError("give either image paths or a table, not both or neither")
     one = isinstance(model_dir, str | os.PathLike)
@@ -247,17 +244,6 @@ def _plan(
     if config.mode == "overwrite" and storage.exists(spark, output):
         storage.delete(spark, output)  # only now: a failed listing leaves the old output alone
     return kept, seen, already, plan
-
-
-def _check_config(config: ScoreConfig) -> None:
-    if config.mode not in MODES:
-        raise ScoreError(f"mode must be one of {MODES}, got {config.mode!r}")
-    for name in ("batch_size", "chunk_files", "max_image_bytes", "partition_mb"):
-        if getattr(config, name) < 1:
-            raise ScoreError(f"{name} must be at least 1, got {getattr(config, name)}")
-    if not 0.0 <= config.max_bad_fraction <= 1.0:
-        raise ScoreError(f"max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}")
-    check_precision(config.precision)
 
 
 def _settings(spark: SparkSession, config: ScoreConfig) -> dict[str, str]:

@@ -15,22 +15,13 @@ from pyspark.sql import functions as F
 from skinspark import storage
 from skinspark.manifest import publish, read_record, staging_path
 from skinspark.score.columns import MODEL_ID, PATH, final_columns
+from skinspark.score.errors import ScoreError
+from skinspark.score.keyspace import KEY, Chunk, Source
 from skinspark.score.predict import WorkerModel, WorkerStats
-from skinspark.score.report import ScoreError, worker_summary
-from skinspark.score.sources import KEY, Source
+from skinspark.score.report import worker_summary
 
 CHUNK = "chunk"  # the partition column of the output: one directory per committed chunk
 _DONE = "_done"
-
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    """A range of path hashes holding `files` files still to score and `done` already scored."""
-
-    low: int
-    high: int
-    files: int
-    done: int = 0
 
 
 def plan_chunks(listing: DataFrame, done: DataFrame | None, chunk_files: int) -> tuple[int, int, list[Chunk]]:

@@ -17,7 +17,7 @@ from skinspark.errors import first_line
 from skinspark.manifest import staging_path
 from skinspark.metrics import classification_metrics
 from skinspark.score.columns import ERROR_REASON
-from skinspark.score.report import ScoreError
+from skinspark.score.errors import ScoreError
 from skinspark.tasks import DX7, Task
 
 IMAGE_COLUMN = "image"

@@ -23,7 +23,7 @@ from skinspark.images import (
 )
 from skinspark.preprocess import ImageError, decode_noted, stored_pixels
 from skinspark.score.columns import CONFIDENCE, ERROR, ERROR_REASON, NOTE, PATH, PREDICTED_LABEL
-from skinspark.score.report import ScoreError
+from skinspark.score.errors import ScoreError
 from skinspark.session import task_cpus
 
 

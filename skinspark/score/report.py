@@ -1,33 +1,31 @@
-"""What a scoring run counts and reports: its error and result, the manifest, the labelled metrics,
-the verdict and the one-screen summary."""
+"""What a scoring run counts and reports: its result, the manifest, the labelled metrics, the verdict
+and the one-screen summary."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from skinspark import precision, schema, storage
+from skinspark import schema, storage
 from skinspark.config import ScoreConfig
-from skinspark.errors import JobError
-from skinspark.manifest import JobResult, to_json
+from skinspark.manifest import (
+    COUNTS_KEY,
+    ERROR_KEY,
+    SCORING_METRICS_FILE,
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_KEY,
+    STATUS_RUNNING,
+    JobResult,
+    to_json,
+)
+from skinspark.score.columns import ERROR, ERROR_REASON, PATH, PREDICTED_DX, output_columns
+from skinspark.score.keyspace import Source
 from skinspark.tasks import DX7, Task
 from skinspark.versions import package_versions
-
-if TYPE_CHECKING:
-    from skinspark.score.sources import Source
-
-from skinspark.score.columns import ERROR, ERROR_REASON, PATH, PREDICTED_DX, output_columns
-
-METRICS_FILE = "_metrics.json"
-
-
-class ScoreError(JobError):
-    """A problem that stops the whole scoring job (bad model directory, missing input, a foreign
-    output)."""
 
 
 class ScoreResult(JobResult):
@@ -42,7 +40,7 @@ def start_manifest(
     kind = "table" if source.labelled else "images"
     return {
         "job": "score",
-        "status": "running",
+        STATUS_KEY: STATUS_RUNNING,
         "input_kind": kind,
         "inputs": inputs,
         "reader": source.reader,  # None for a table: its pixels are stored
@@ -64,7 +62,7 @@ def write_metrics(spark: SparkSession, output: str, metrics: dict) -> dict:
     """Write `_metrics.json` ({name: classification_metrics}); returns the manifest's headline figures."""
     if not metrics:
         return {}
-    storage.write_text(spark, f"{output}/{METRICS_FILE}", to_json(metrics))
+    storage.write_text(spark, f"{output}/{SCORING_METRICS_FILE}", to_json(metrics))
     return {"metrics": {name: headline_figures(m) for name, m in metrics.items()}}
 
 
@@ -130,7 +128,7 @@ def count_output(
         elif row[PREDICTED_DX] is not None:
             predicted[row[PREDICTED_DX]] += row["count"]
     return {
-        "counts": {
+        COUNTS_KEY: {
             "rows": int(rows),
             "distinct_paths": int(paths),
             "scored": sum(predicted.values()),
@@ -144,28 +142,19 @@ def count_output(
 
 
 def verdict(manifest: dict, config: ScoreConfig) -> dict:
-    counts = manifest["counts"]
+    counts = manifest[COUNTS_KEY]
     bad = counts["errors"] / max(counts["rows"], 1)
-    verdict = {"status": "complete", "bad_fraction": round(bad, 6)}
+    verdict = {STATUS_KEY: STATUS_COMPLETE, "bad_fraction": round(bad, 6)}
     if counts["rows"] != counts["distinct_paths"]:
-        verdict.update(status="failed", error=f"{counts['rows'] - counts['distinct_paths']} duplicate rows")
+        error = f"{counts['rows'] - counts['distinct_paths']} duplicate rows"
+        verdict.update({STATUS_KEY: STATUS_FAILED, ERROR_KEY: error})
     elif bad > config.max_bad_fraction:
-        verdict.update(
-            status="failed",
-            error=(
-                f"{bad:.1%} of the rows are errors, over max_bad_fraction {config.max_bad_fraction:.1%} "
-                f"(the rows are written; see the {ERROR_REASON} column)"
-            ),
+        error = (
+            f"{bad:.1%} of the rows are errors, over max_bad_fraction {config.max_bad_fraction:.1%} "
+            f"(the rows are written; see the {ERROR_REASON} column)"
         )
+        verdict.update({STATUS_KEY: STATUS_FAILED, ERROR_KEY: error})
     return verdict
-
-
-def check_precision(requested: str) -> None:
-    """ScoreError unless `requested` is one of `skinspark.precision.PRECISIONS`."""
-    try:
-        precision.validate(requested)
-    except ValueError as error:
-        raise ScoreError(str(error)) from None
 
 
 def worker_summary(stats: dict) -> dict:
@@ -199,9 +188,9 @@ def _headline_line(figures: dict) -> str:
 
 def summary(manifest: dict) -> str:
     """A one-screen, human-readable summary of a scoring manifest."""
-    run, counts = manifest["run"], manifest.get("counts", {})
+    run, counts = manifest["run"], manifest.get(COUNTS_KEY, {})
     lines = [
-        f"score {manifest['status']}: model {manifest['model']['model_id']} -> {manifest['output']}",
+        f"score {manifest[STATUS_KEY]}: model {manifest['model']['model_id']} -> {manifest['output']}",
         f"  this run ({run['mode']}): {run['files_seen']} files seen, {run['already_scored']} already done, "
         f"{run.get('files_scored', 0)} scored in {run.get('seconds', 0):.1f} s "
         f"({run.get('images_per_second', 0):.0f} images/s)",
@@ -249,6 +238,6 @@ def summary(manifest: dict) -> str:
             f"  ISIC submission: {isic['path']} ({isic['rows']} rows; "
             f"{isic['error_rows']} error rows not written)"
         )
-    if manifest.get("error"):
-        lines.append(f"  ERROR: {manifest['error']}")
+    if manifest.get(ERROR_KEY):
+        lines.append(f"  ERROR: {manifest[ERROR_KEY]}")
     return "\n".join(lines)

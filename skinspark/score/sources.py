@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -29,10 +28,6 @@ from skinspark.images import (
     resolve_reader,
 )
 from skinspark.images.archives import is_archive
-
-if TYPE_CHECKING:
-    from skinspark.score.chunks import Chunk
-
 from skinspark.score.columns import (
     ERROR,
     ERROR_REASON,
@@ -42,40 +37,9 @@ from skinspark.score.columns import (
     prediction_fields,
     value_fields,
 )
+from skinspark.score.errors import ScoreError
+from skinspark.score.keyspace import KEY, Source
 from skinspark.score.predict import score_partition
-from skinspark.score.report import ScoreError
-
-KEY = "_key"
-
-
-class Source:
-    """One kind of input: its narrow listing (`path`, `_key`) and the scored rows of one chunk."""
-
-    labelled = False
-    reader: str | None = None  # who reads each file's bytes; None for stored pixels
-    labels: tuple[str, ...] = schema.LABELS  # the model's output units: the probability columns
-
-    def listing(self) -> DataFrame:
-        raise NotImplementedError
-
-    def find_empty_files(self, scanned: int) -> int:
-        """Add rows Spark's scan skips (zero-byte files) to `listing`; returns how many."""
-        return 0
-
-    def complete_chunk(self, staging: str, chunk: Chunk, done: DataFrame | None) -> DataFrame | None:
-        """Rows the chunk written to `staging` is missing (files gone since the listing), or None."""
-        return None
-
-    def chunk(self, chunk: Chunk, done: DataFrame | None, udf_args: dict) -> DataFrame:
-        """Rows of the files in `chunk`'s key range, minus `done` paths when given, scored."""
-        raise NotImplementedError
-
-    def release(self) -> None:
-        """Drop anything cached for the run."""
-
-    def record(self) -> dict:
-        """What the manifest says of the input beyond its paths (an archive plan's counts)."""
-        return {}
 
 
 class ImageFiles(Source):

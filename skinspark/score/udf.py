@@ -10,6 +10,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from skinspark import schema
+from skinspark.config import check_precision
+from skinspark.errors import ConfigError
 from skinspark.images import (
     CONTENT,
     read_files,
@@ -20,8 +22,8 @@ from skinspark.score.columns import (
     PREDICTED_LABEL,
     prediction_struct,
 )
+from skinspark.score.errors import ScoreError
 from skinspark.score.predict import WorkerModel, open_model, predict_frame
-from skinspark.score.report import ScoreError, check_precision
 
 UDF_NAME = "skinspark_predict"
 
@@ -53,7 +55,10 @@ def predict_udf(
     if spark is None:
         raise ScoreError("predict_udf needs an active SparkSession")
     model_dir, identifier, spec = open_model(model_dir)
-    check_precision(precision)
+    try:
+        check_precision(precision)
+    except ConfigError as error:
+        raise ScoreError(str(error)) from None
     model = WorkerModel.ship(spark, model_dir, identifier, spec, precision)
     batch_size = max(1, int(batch_size))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinspark.cli import add_common_arguments, finish, flag_values, run_job
+from skinspark.cli import add_common_arguments, add_reader_argument, finish, flag_values, run_job
 from skinspark.config import IngestConfig
 from skinspark.ingest import IngestError, ingest, summary
 
@@ -46,11 +46,7 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--decoder", choices=["simplejpeg", "pillow"], help="JPEG decoder (default simplejpeg)"
     )
-    parser.add_argument(
-        "--reader",
-        choices=["auto", "python", "spark"],
-        help="who reads each file: python (the worker) or spark (the JVM); default auto",
-    )
+    add_reader_argument(parser)
     parser.add_argument("--metadata-encoding", help="the CSV's text encoding (default utf-8)")
     return add_common_arguments(parser)
 

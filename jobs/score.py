@@ -17,7 +17,16 @@ import argparse
 import sys
 
 from skinspark import tracking
-from skinspark.cli import add_common_arguments, add_tracking_arguments, finish, flag_values, log_run, run_job
+from skinspark.cli import (
+    add_common_arguments,
+    add_precision_argument,
+    add_reader_argument,
+    add_tracking_arguments,
+    finish,
+    flag_values,
+    log_run,
+    run_job,
+)
 from skinspark.config import ScoreConfig
 from skinspark.score import ScoreError, score, summary
 
@@ -56,16 +65,8 @@ def args_parser() -> argparse.ArgumentParser:
         help="overwrite: replace DIR (default); resume: score only files not already in DIR",
     )
     parser.add_argument("--batch-size", type=int, help="images per Arrow batch and model call (default 256)")
-    parser.add_argument(
-        "--reader",
-        choices=["auto", "python", "spark"],
-        help="who reads each file: python (the worker) or spark (the JVM); default auto",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the CPU has the units",
-    )
+    add_reader_argument(parser)
+    add_precision_argument(parser, "the worker's")
     add_tracking_arguments(parser)
     return add_common_arguments(parser)
 

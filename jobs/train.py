@@ -19,7 +19,14 @@ import argparse
 import sys
 
 from skinspark import tracking
-from skinspark.cli import add_common_arguments, add_tracking_arguments, flag_values, log_run, run_job
+from skinspark.cli import (
+    add_common_arguments,
+    add_precision_argument,
+    add_tracking_arguments,
+    flag_values,
+    log_run,
+    run_job,
+)
 from skinspark.config import TrainConfig
 from skinspark.train import TrainError, TrainInputError, summary, train
 from skinspark.train.cross_validation import cross_validate
@@ -89,11 +96,7 @@ def args_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the last complete epoch checkpoint in MODEL_DIR"
     )
     parser.add_argument("--seed", type=int, help="random seed (default 42)")
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the rank's CPU has the units",
-    )
+    add_precision_argument(parser, "the rank's")
     parser.add_argument(
         "--fold",
         type=int,

@@ -12,7 +12,9 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from skinspark.config import ConfigError, Loaded, load_config, parse_overrides
+from skinspark.images import READERS
 from skinspark.manifest import JobResult
+from skinspark.precision import PRECISIONS
 from skinspark.session import build_session, stop_session
 from skinspark.tracking import TrackedRun, TrackingError
 
@@ -31,6 +33,27 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         default=[],
         metavar="KEY=VALUE",
         help="override a config key, or a Spark setting when KEY starts with 'spark.'; repeatable",
+    )
+    return parser
+
+
+def add_reader_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--reader`, the flag of the config key `reader` (ingest and score)."""
+    parser.add_argument(
+        "--reader",
+        choices=READERS,
+        help="who reads each file: python (the worker) or spark (the JVM); default auto",
+    )
+    return parser
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, computer: str) -> argparse.ArgumentParser:
+    """`--precision`, the flag of the config key `precision` (train and score); `computer` names whose CPU
+    `auto` looks at ("the rank's", "the worker's")."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help=f"float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where {computer} CPU has the units",
     )
     return parser
 
@@ -137,6 +160,8 @@ def fail(job: str, message: str, code: int = 2) -> int:
 __all__ = [
     "ConfigError",
     "add_common_arguments",
+    "add_precision_argument",
+    "add_reader_argument",
     "add_tracking_arguments",
     "fail",
     "finish",

@@ -23,19 +23,22 @@ jobs/benchmark.py ...` and the console script `skinspark-benchmark`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, parse_overrides
-from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config
-from skinspark.tools import benchmark, benchmark_archives, benchmark_export, learning
-from skinspark.tools.synthetic import generate
-from skinspark.versions import package_versions
-
-SECTIONS = ("ingest", "train", "score", "export", "learning", "learning_precision", "archives")
-DEFAULT_SECTIONS = "ingest,train,score"
+from skinspark.tools.benchmark.learning import LEARNING_PROTOCOLS
+from skinspark.tools.benchmark.run import (
+    DEFAULT_SECTIONS,
+    SECTIONS,
+    Options,
+    dataset,
+    load_configs,
+    parse_protocols,
+    parse_sections,
+    run_benchmark,
+    spark_settings,
+)
 
 
 def args_parser() -> argparse.ArgumentParser:
@@ -50,8 +53,8 @@ def args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, help="learning: epochs (default: train.yaml's)")
     parser.add_argument(
         "--protocols",
-        default=",".join(learning.LEARNING_PROTOCOLS),
-        help=f"learning: comma-separated, of {', '.join(learning.LEARNING_PROTOCOLS)} (and split_by_lesion)",
+        default=",".join(LEARNING_PROTOCOLS),
+        help=f"learning: comma-separated, of {', '.join(LEARNING_PROTOCOLS)} (and split_by_lesion)",
     )
     parser.add_argument(
         "--archive-files", type=int, default=50000, help="score: the large archive for the memory check"
@@ -66,99 +69,28 @@ def args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = args_parser().parse_args(argv)
-    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown or not sections:
-        return fail("benchmark", f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    if args.config:
-        return fail("benchmark", "--config is per job; give settings with --conf key=value")
-    protocols = {name.strip() for name in args.protocols.split(",") if name.strip()} | {"split_by_lesion"}
-    if unknown := sorted(protocols - set(learning.LEARNING_PROTOCOLS)):
-        known = ", ".join(learning.LEARNING_PROTOCOLS)
-        return fail("benchmark", f"unknown protocol(s) {unknown}; choose from {known}")
     try:
-        # --config/--conf apply to every job's config; a key must exist in at least one of them.
-        overrides = parse_overrides(args.conf)
-        configs = {
-            name: load_config(cls, None, _known(cls, overrides), job=name)
-            for name, cls in (("ingest", IngestConfig), ("train", TrainConfig), ("score", ScoreConfig))
-        }
-        _check_known(overrides)
-    except ConfigError as error:
+        sections = parse_sections(args.sections)
+        if args.config:
+            raise ValueError("--config is per job; give settings with --conf key=value")
+        options = Options(
+            epochs=args.epochs,
+            protocols=parse_protocols(args.protocols),
+            archive_files=args.archive_files,
+            archive_members=args.archive_members,
+            rounds=args.rounds,
+        )
+        # --conf applies to every job's config; a key must exist in at least one of them.
+        configs = load_configs(parse_overrides(args.conf))
+    except (ValueError, ConfigError) as error:
         return fail("benchmark", str(error))
     work = Path(args.work).resolve()
-    data = Path(args.data).resolve() if args.data else work / "data"
-    if not args.data and not (data / "HAM10000_metadata.csv").exists():
-        generate(data, images=args.images, seed=args.seed, overwrite=True)
+    data = dataset(work, Path(args.data).resolve() if args.data else None, args.images, args.seed)
     output = Path(args.output) if args.output else work / "benchmark.json"
-    results = json.loads(output.read_text()) if output.exists() else {}
-    results["versions"] = package_versions()
-    spark_conf = {key: value for loaded in configs.values() for key, value in loaded.spark.items()}
-    with job_session("skinspark-benchmark", args.master or "local[2]", spark_conf) as spark:
-        for section in sections:
-            if section == "ingest":
-                results["ingest"] = benchmark.bench_ingest(spark, data, work, configs["ingest"].job)
-            elif section == "train":
-                results["train"] = benchmark.bench_train_throughput(
-                    spark, data, work, configs["ingest"].job, configs["train"].job
-                )
-            elif section == "export":
-                results["export"] = benchmark_export.bench_export(
-                    spark, data, work, configs["ingest"].job, configs["train"].job, configs["score"].job
-                )
-            elif section == "archives":
-                results["archives"] = benchmark_archives.bench_archives(
-                    spark,
-                    data,
-                    work,
-                    configs["ingest"].job,
-                    configs["train"].job,
-                    configs["score"].job,
-                    rounds=args.rounds,
-                    scale_members=args.archive_members,
-                )
-            elif section == "score":
-                results["score"] = benchmark.bench_score(
-                    spark,
-                    data,
-                    work,
-                    configs["ingest"].job,
-                    configs["train"].job,
-                    configs["score"].job,
-                    archive_files=args.archive_files,
-                )
-            else:
-                train_config = configs["train"].job
-                if args.epochs:
-                    train_config = dataclasses.replace(train_config, epochs=args.epochs)
-                if section == "learning":
-                    ordered = tuple(name for name in learning.LEARNING_PROTOCOLS if name in protocols)
-                    results[section] = learning.bench_learning(
-                        spark, data, work, configs["ingest"].job, train_config, ordered
-                    )
-                else:
-                    results[section] = learning.bench_learning_precision(
-                        spark, data, work, configs["ingest"].job, train_config
-                    )
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(results, indent=2))
-            print(json.dumps({section: results[section]}, indent=2), flush=True)
+    with job_session("skinspark-benchmark", args.master or "local[2]", spark_settings(configs)) as spark:
+        run_benchmark(spark, sections, data, work, configs, options, output)
     print(f"figures: {output}")
     return 0
-
-
-def _known(cls: type, overrides: dict) -> dict:
-    names = {field.name for field in dataclasses.fields(cls)}
-    return {key: value for key, value in overrides.items() if key.startswith("spark.") or key in names}
-
-
-def _check_known(overrides: dict) -> None:
-    names = {
-        field.name for cls in (IngestConfig, TrainConfig, ScoreConfig) for field in dataclasses.fields(cls)
-    }
-    unknown = sorted(key for key in overrides if not key.startswith("spark.") and key not in names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from skinspark import schema
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.images import IMAGE_SUFFIXES, archives
 from skinspark.ingest import ingest
-from skinspark.tools.benchmark import cached_files, peak_tree_rss, trained_model
+from skinspark.tools.benchmark.inputs import cached_files, trained_model
+from skinspark.tools.benchmark.timing import peak_tree_rss
 
 FORMS = ("folders", "zip_stored", "zip_deflated")
 SCALE_SMALL = 10_000

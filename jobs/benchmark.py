@@ -27,8 +27,10 @@ import sys
 from pathlib import Path
 
 from skinspark.cli import ConfigError, add_common_arguments, fail, job_session, parse_overrides
+from skinspark.session import master_or_default
 from skinspark.tools.benchmark.learning import LEARNING_PROTOCOLS
 from skinspark.tools.benchmark.run import (
+    DEFAULT_MASTER,
     DEFAULT_SECTIONS,
     SECTIONS,
     Options,
@@ -64,7 +66,7 @@ def args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, default=3, help="archives: alternating rounds of each form")
     parser.add_argument("--output", default=None, help="JSON file (default WORK/benchmark.json)")
-    return add_common_arguments(parser)
+    return add_common_arguments(parser, default_master=DEFAULT_MASTER)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work).resolve()
     data = dataset(work, Path(args.data).resolve() if args.data else None, args.images, args.seed)
     output = Path(args.output) if args.output else work / "benchmark.json"
-    with job_session("skinspark-benchmark", args.master or "local[2]", spark_settings(configs)) as spark:
+    master = master_or_default(args.master, DEFAULT_MASTER)  # spark-submit's --master wins
+    with job_session("skinspark-benchmark", master, spark_settings(configs)) as spark:
         run_benchmark(spark, sections, data, work, configs, options, output)
     print(f"figures: {output}")
     return 0

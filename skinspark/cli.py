@@ -19,10 +19,13 @@ from skinspark.session import build_session, stop_session
 from skinspark.tracking import TrackedRun, TrackingError
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`--master`, `--config` and repeatable `--conf key=value`, as every job takes them."""
+def add_common_arguments(
+    parser: argparse.ArgumentParser, default_master: str = "local[*]"
+) -> argparse.ArgumentParser:
+    """`--master`, `--config` and repeatable `--conf key=value`, as every job takes them; `default_master`
+    is the master the help names for a run that gives none, neither here nor to spark-submit."""
     parser.add_argument(
-        "--master", default=None, help="Spark master URL (default: spark-submit's, else local[*])"
+        "--master", default=None, help=f"Spark master URL (default: spark-submit's, else {default_master})"
     )
     parser.add_argument(
         "--config", default=None, help="YAML config file (default: the job's file under conf/)"

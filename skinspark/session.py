@@ -71,6 +71,19 @@ def stop_session(spark: SparkSession) -> None:
     spark.stop()
 
 
+def master_or_default(master: str | None, default: str) -> str | None:
+    """The master for `build_session`: `master` when given; else None when Spark's launcher names one
+    (the driver runs under spark-submit, whose `--master`, properties file or own default is then in the
+    JVM's `spark.master`; `--master` in PYSPARK_SUBMIT_ARGS; the MASTER variable), so that it wins;
+    else `default`."""
+    if master:
+        return master
+    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "").split()
+    if _inside_spark_submit() or "--master" in submit_args or os.environ.get("MASTER"):
+        return None
+    return default
+
+
 def _inside_spark_submit() -> bool:
     """True when the JVM was already launched by spark-submit (its options can no longer change)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ

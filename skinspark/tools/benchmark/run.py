@@ -21,6 +21,8 @@ from skinspark.versions import package_versions
 
 SECTIONS = ("ingest", "train", "score", "export", "learning", "learning_precision", "archives")
 DEFAULT_SECTIONS = "ingest,train,score"
+# The master when none is given anywhere (docs/benchmarks.md's figures are taken on local[2]).
+DEFAULT_MASTER = "local[2]"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,13 +112,14 @@ def worker_command(
 
 
 def job_script(job: str) -> str:
-    """The path of `jobs/<job>.py` as installed (editable checkout, wheel or packed environment).
+    """The file spark-submit runs for `job`: `skinspark/entry/<job>.py` as installed (editable checkout,
+    wheel or packed environment; a wheel has no `jobs/`).
 
     Found without importing it: importing a job imports TensorFlow.
     """
-    spec = importlib.util.find_spec(f"jobs.{job}")
+    spec = importlib.util.find_spec(f"skinspark.entry.{job}")
     if spec is None or spec.origin is None:
-        raise ClusterError(f"cannot find the job module jobs.{job}: is skinspark installed?")
+        raise ClusterError(f"cannot find the job module skinspark.entry.{job}: is skinspark installed?")
     return str(Path(spec.origin).resolve())
 
 

@@ -201,7 +201,7 @@ def bench_scale(data_dir: Path, work_dir: Path, model_dir: Path, files: list[Pat
 def _score_process(model_dir: Path, inputs: list[str], output: Path) -> dict:
     import json
 
-    command = [sys.executable, "-m", "jobs.score", "--model", str(model_dir), "--images", *inputs]
+    command = [sys.executable, "-m", "skinspark.entry.score", "--model", str(model_dir), "--images", *inputs]
     command += ["--output", str(output), "--master", "local[2]"]
     started = time.perf_counter()
     peak = peak_tree_rss(command)

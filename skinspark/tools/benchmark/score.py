@@ -253,7 +253,7 @@ def score_memory(data_dir: Path, work_dir: Path, model_dir: Path, archive_files:
         command = [
             sys.executable,
             "-m",
-            "jobs.score",
+            "skinspark.entry.score",
             "--model",
             str(model_dir),
             "--images",

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The job defaults (<job>.yaml), the quiet log4j2.properties and the Spark profiles: package data, so a wheel
+# carries them; the checkout's top-level conf/ is a link to this folder for spark-submit and SPARK_CONF_DIR.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def build_session(

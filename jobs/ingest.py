@@ -1,72 +1,16 @@
-"""Ingest HAM10000 JPEGs and the metadata CSV into a Parquet tensor table split by lesion.
+"""The ingest job as a script, for spark-submit and `python jobs/ingest.py`; the job itself (flags, exit
+codes) is `skinspark.entry.ingest`, also the console script `skinspark-ingest`.
 
     spark-submit jobs/ingest.py \
         --images data/HAM10000_images_part_1 data/HAM10000_images_part_2 \
         --metadata data/HAM10000_metadata.csv --output out/ham10000
-
-Also `python jobs/ingest.py ...` and the console script `skinspark-ingest ...`. Exit codes: 0 done,
-1 too much bad input (table not published, quarantine in `<output>_rejected`), 2 bad arguments or input.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from skinspark.cli import add_common_arguments, finish, flag_values, run_job
-from skinspark.config import IngestConfig
-from skinspark.ingest import IngestError, ingest, summary
+from skinspark.entry.ingest import args_parser, main
 
-
-def args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--images",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="directories (searched recursively for *.jpg/*.jpeg/*.png, any case) or globs; any Hadoop URI",
-    )
-    parser.add_argument("--metadata", required=True, metavar="CSV", help="HAM10000_metadata.csv")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output table directory (replaced)")
-    parser.add_argument("--height", type=int, help="image height in pixels (default 75)")
-    parser.add_argument("--width", type=int, help="image width in pixels (default 100)")
-    parser.add_argument("--seed", type=int, help="split seed (default 42)")
-    parser.add_argument("--split", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    parser.add_argument(
-        "--folds",
-        type=int,
-        metavar="K",
-        help="add a fold column 0..K-1 over the train and val rows, by lesion and stratified by class, "
-        "for train --fold and --cross-validate (default 0: none)",
-    )
-    parser.add_argument(
-        "--max-bad-fraction", type=float, help="fail above this share of bad input (default 0.05)"
-    )
-    parser.add_argument(
-        "--decoder", choices=["simplejpeg", "pillow"], help="JPEG decoder (default simplejpeg)"
-    )
-    parser.add_argument(
-        "--reader",
-        choices=["auto", "python", "spark"],
-        help="who reads each file: python (the worker) or spark (the JVM); default auto",
-    )
-    parser.add_argument("--metadata-encoding", help="the CSV's text encoding (default utf-8)")
-    return add_common_arguments(parser)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = args_parser().parse_args(argv)
-    names = ("height", "width", "seed", "split", "folds", "max_bad_fraction", "decoder", "reader")
-    flags = flag_values(args, names)
-    flags["metadata_encoding"] = args.metadata_encoding
-
-    def work(spark, loaded) -> int:
-        result = ingest(spark, args.images, args.metadata, args.output, loaded.job, loaded.to_yaml())
-        return finish("ingest", result, summary(result.manifest), "table")
-
-    return run_job(args, "ingest", IngestConfig, flags, work, (IngestError, ValueError))
-
+__all__ = ["args_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,110 +1,17 @@
-"""Score images with a trained model: one row per file, errors as rows, resumable.
+"""The score job as a script, for spark-submit and `python jobs/score.py`; the job itself (flags, exit
+codes) is `skinspark.entry.score`, also the console script `skinspark-score`.
 
     spark-submit jobs/score.py --model out/model --images archive/ --output out/predictions
 
     spark-submit jobs/score.py --model out/model --table out/ham10000 --output out/test-scores \
         --mlflow sqlite:///mlflow.db
-
-Also `python jobs/score.py ...` and the console script `skinspark-score ...`. `--mode resume` scores
-only the files not already in the output. Exit codes: 0 done, 1 more error rows than
-max_bad_fraction (the rows are written) or the finished run could not be logged to MLflow, 2 bad
-arguments or input (MLflow missing or its store not reachable, checked before scoring).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from skinspark import tracking
-from skinspark.cli import add_common_arguments, add_tracking_arguments, finish, flag_values, log_run, run_job
-from skinspark.config import SCORE_MODES, ScoreConfig
-from skinspark.score import ScoreError, score, summary
+from skinspark.entry.score import args_parser, main
 
-
-def args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="score", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model",
-        required=True,
-        action="append",
-        metavar="MODEL_DIR",
-        help="model directory (model.keras, labels.json, preprocessing.json), local or mounted; repeat it "
-        "for an ensemble whose probabilities are averaged (one label order and input size for all)",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--images",
-        nargs="+",
-        metavar="PATH",
-        help="directories (searched recursively for *.jpg/*.jpeg/*.png, any case) or globs; "
-        "any Hadoop URI",
-    )
-    source.add_argument(
-        "--table", metavar="DIR", help="an ingested table: scored with its labels, plus metrics"
-    )
-    parser.add_argument("--output", required=True, metavar="DIR", help="predictions directory (Parquet)")
-    parser.add_argument(
-        "--isic-csv", metavar="FILE", help="also write an ISIC 2018 Task 3 submission CSV (image,MEL,NV,...)"
-    )
-    parser.add_argument(
-        "--truth", metavar="CSV", help="evaluate against an ISIC 2018 Task 3 ground-truth CSV (one-hot)"
-    )
-    parser.add_argument(
-        "--mode",
-        choices=SCORE_MODES,
-        help="overwrite: replace DIR (default); resume: score only files not already in DIR",
-    )
-    parser.add_argument("--batch-size", type=int, help="images per Arrow batch and model call (default 256)")
-    parser.add_argument(
-        "--reader",
-        choices=["auto", "python", "spark"],
-        help="who reads each file: python (the worker) or spark (the JVM); default auto",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        help="float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where the CPU has the units",
-    )
-    add_tracking_arguments(parser)
-    return add_common_arguments(parser)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = args_parser().parse_args(argv)
-    names = ("mode", "batch_size", "reader", "precision", "mlflow_tracking_uri", "mlflow_experiment")
-    flags = flag_values(args, names)
-
-    def work(spark, loaded) -> int:
-        config = loaded.job
-        if config.mlflow_tracking_uri:  # MLflow missing or its store away: say so before scoring, not after
-            tracking.open_experiment(config.mlflow_tracking_uri, config.mlflow_experiment)
-        result = score(
-            spark,
-            args.model,
-            args.output,
-            config,
-            images=args.images,
-            table=args.table,
-            config_text=loaded.to_yaml(),
-            progress=print,
-            isic_csv=args.isic_csv,
-            truth=args.truth,
-        )
-        code = finish("score", result, summary(result.manifest), "predictions")
-        if not config.mlflow_tracking_uri:
-            return code
-        logged = log_run(
-            "score",
-            lambda: tracking.log_scoring(
-                spark, result, loaded, config.mlflow_tracking_uri, config.mlflow_experiment
-            ),
-            kept=f"the predictions in {result.output} are written",
-        )
-        return code or logged
-
-    return run_job(args, "score", ScoreConfig, flags, work, (ScoreError, ValueError, tracking.TrackingError))
-
+__all__ = ["args_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,15 +13,20 @@ from pyspark.sql import SparkSession
 
 from skinspark.config import Loaded, load_config, parse_overrides
 from skinspark.errors import ConfigError
+from skinspark.images import READERS
 from skinspark.manifest import ERROR_KEY, JobResult
+from skinspark.precision import PRECISIONS
 from skinspark.session import build_session, stop_session
 from skinspark.tracking import TrackedRun, TrackingError
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`--master`, `--config` and repeatable `--conf key=value`, as every job takes them."""
+def add_common_arguments(
+    parser: argparse.ArgumentParser, default_master: str = "local[*]"
+) -> argparse.ArgumentParser:
+    """`--master`, `--config` and repeatable `--conf key=value`, as every job takes them; `default_master`
+    is the master the help names for a run that gives none, neither here nor to spark-submit."""
     parser.add_argument(
-        "--master", default=None, help="Spark master URL (default: spark-submit's, else local[*])"
+        "--master", default=None, help=f"Spark master URL (default: spark-submit's, else {default_master})"
     )
     parser.add_argument(
         "--config", default=None, help="YAML config file (default: the job's file under conf/)"
@@ -32,6 +37,27 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         default=[],
         metavar="KEY=VALUE",
         help="override a config key, or a Spark setting when KEY starts with 'spark.'; repeatable",
+    )
+    return parser
+
+
+def add_reader_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--reader`, the flag of the config key `reader` (ingest and score)."""
+    parser.add_argument(
+        "--reader",
+        choices=READERS,
+        help="who reads each file: python (the worker) or spark (the JVM); default auto",
+    )
+    return parser
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, computer: str) -> argparse.ArgumentParser:
+    """`--precision`, the flag of the config key `precision` (train and score); `computer` names whose CPU
+    `auto` looks at ("the rank's", "the worker's")."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help=f"float32 or bfloat16 (Keras mixed_bfloat16); auto: bfloat16 where {computer} CPU has the units",
     )
     return parser
 
@@ -138,6 +164,8 @@ def fail(job: str, message: str, code: int = 2) -> int:
 __all__ = [
     "ConfigError",
     "add_common_arguments",
+    "add_precision_argument",
+    "add_reader_argument",
     "add_tracking_arguments",
     "fail",
     "finish",

@@ -278,7 +278,7 @@ def headline(metrics: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def summary(metrics: dict[str, Any]) -> str:
+def metrics_summary(metrics: dict[str, Any]) -> str:
     """A one-screen, human-readable table of `classification_metrics` output."""
     lines = [
         f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, "

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The job defaults (<job>.yaml), the quiet log4j2.properties and the Spark profiles: package data, so a wheel
+# carries them; the checkout's top-level conf/ is a link to this folder for spark-submit and SPARK_CONF_DIR.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def build_session(
@@ -69,6 +71,19 @@ def stop_session(spark: SparkSession) -> None:
         timer = getattr(getattr(companion, "MODULE$"), "org$apache$spark$BarrierTaskContext$$timer")()
         timer.cancel()
     spark.stop()
+
+
+def master_or_default(master: str | None, default: str) -> str | None:
+    """The master for `build_session`: `master` when given; else None when Spark's launcher names one
+    (the driver runs under spark-submit, whose `--master`, properties file or own default is then in the
+    JVM's `spark.master`; `--master` in PYSPARK_SUBMIT_ARGS; the MASTER variable), so that it wins;
+    else `default`."""
+    if master:
+        return master
+    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "").split()
+    if _inside_spark_submit() or "--master" in submit_args or os.environ.get("MASTER"):
+        return None
+    return default
 
 
 def _inside_spark_submit() -> bool:

@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jobs import ingest as ingest_job
-from jobs import score as score_job
-from jobs import train as train_job
+from skinspark.entry import ingest as ingest_job
+from skinspark.entry import score as score_job
+from skinspark.entry import train as train_job
 from skinspark.session import CONF_DIR
 from skinspark.tools import cluster
 

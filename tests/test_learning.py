@@ -14,7 +14,7 @@ from jobs import ingest as ingest_job
 from jobs import train as train_job
 from skinspark import schema
 from skinspark.preprocess import decode_image
-from skinspark.tools.learning import sibling_breakdown
+from skinspark.tools.benchmark.learning import sibling_breakdown
 from skinspark.tools.synthetic import generate
 
 

@@ -332,7 +332,7 @@ def test_manifest_and_summary_count_the_output(scored, model_dir):
     assert counts["chunks"] == manifest["run"]["chunks_committed"] >= 3
     assert manifest["versions"]["pyspark"] == pyspark.__version__ and manifest["config"]["chunk_files"] == 5
     assert (scored / "_config.yaml").read_text().count("chunk_files: 5") == 1
-    text = score_lib.summary(manifest)
+    text = score_lib.score_summary(manifest)
     assert "score complete" in text and "14 files seen" in text and "error image_too_large: 1" in text
     assert len(text.splitlines()) < 25
 
@@ -476,7 +476,7 @@ def test_table_mode_carries_labels_and_writes_metrics(spark, generated, model_di
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["input_kind"] == "table" and manifest["metrics"]["all"]["images"] == 30
     assert manifest["counts"]["chunks"] >= 2
-    assert "balanced accuracy" in score_lib.summary(manifest)
+    assert "balanced accuracy" in score_lib.score_summary(manifest)
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 
 from jobs import ingest as ingest_job
-from jobs import score as score_job
-from jobs import train as train_job
 from skinspark import schema, tracking
 from skinspark.config import ScoreConfig, TrainConfig, load_config
+from skinspark.entry import score as score_job
+from skinspark.entry import train as train_job
 from skinspark.metrics import classification_metrics
 from skinspark.tools.synthetic import generate
 

@@ -20,7 +20,12 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from jobs import train as train_job
 from skinspark import precision, schema
-from skinspark.metrics import classification_metrics, plot_confusion_matrix, plot_training_curves, summary
+from skinspark.metrics import (
+    classification_metrics,
+    metrics_summary,
+    plot_confusion_matrix,
+    plot_training_curves,
+)
 from skinspark.table import EVAL_BATCH_SIZE
 from skinspark.train import (
     class_weights,
@@ -178,7 +183,7 @@ def test_classification_metrics_against_hand_computed_values():
     assert metrics["confusion_matrix"] == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
     assert metrics["labels"] == list(labels)
     json.dumps(metrics)  # JSON-ready
-    text = summary(metrics)
+    text = metrics_summary(metrics)
     assert "accuracy 0.6667" in text and "balanced accuracy 0.7222" in text and len(text.splitlines()) == 7
     assert "macro AUC" in text.splitlines()[1] and metrics["melanoma"] is None  # no "mel" among a..d
     with pytest.raises(ValueError, match="shape"):

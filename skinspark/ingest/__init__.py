@@ -57,9 +57,9 @@ from skinspark.ingest.report import (
     bad_fraction,
     count,
     fold_counts,
+    ingest_summary,
     judge,
     manifest_for,
-    summary,
 )
 from skinspark.ingest.table import write_table
 from skinspark.manifest import COUNTS_KEY, publish, staging_path, write_record
@@ -79,7 +79,7 @@ __all__ = [
     "resolve_fates",
     "settle_repeated_ids",
     "split_plan",
-    "summary",
+    "ingest_summary",
     "validate_metadata",
     "write_table",
 ]

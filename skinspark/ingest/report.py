@@ -125,7 +125,7 @@ def judge(manifest: dict, bad: float, limit: float, output: str) -> str:
     return target
 
 
-def summary(manifest: dict) -> str:
+def ingest_summary(manifest: dict) -> str:
     """A one-screen, human-readable summary of an ingest manifest."""
     counts = manifest[COUNTS_KEY]
     lines = [

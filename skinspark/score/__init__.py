@@ -69,8 +69,8 @@ from skinspark.score.report import (
     ScoreResult,
     count_output,
     labelled_metrics,
+    score_summary,
     start_manifest,
-    summary,
     verdict,
     write_metrics,
 )
@@ -103,7 +103,7 @@ __all__ = [
     "predict_udf",
     "register_predict_udf",
     "score",
-    "summary",
+    "score_summary",
     "verdict",
 ]
 

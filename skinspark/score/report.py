@@ -186,7 +186,7 @@ def _headline_line(figures: dict) -> str:
     )
 
 
-def summary(manifest: dict) -> str:
+def score_summary(manifest: dict) -> str:
     """A one-screen, human-readable summary of a scoring manifest."""
     run, counts = manifest["run"], manifest.get(COUNTS_KEY, {})
     lines = [

@@ -69,29 +69,29 @@ def _image_dirs(paths: dict[str, Path]) -> list[str]:
 
 
 def _ingest(spark, paths: dict[str, Path], configs: dict):
-    from skinspark.ingest import summary
+    from skinspark.ingest import ingest_summary
 
     print("\n[2/4] ingesting with Spark", flush=True)
     loaded = configs["ingest"]
     metadata = str(paths["data"] / schema.METADATA_FILE)
     ingested = ingest(spark, _image_dirs(paths), metadata, str(paths["table"]), loaded.job, loaded.to_yaml())
-    print(summary(ingested.manifest), flush=True)
+    print(ingest_summary(ingested.manifest), flush=True)
     return ingested
 
 
 def _train(spark, paths: dict[str, Path], configs: dict, args: argparse.Namespace):
-    from skinspark.train import summary, train
+    from skinspark.train import train, train_summary
 
     print(f"\n[3/4] training the paper's CNN with Horovod on Spark ({args.epochs} epochs)", flush=True)
     config = dataclasses.replace(configs["train"].job, epochs=args.epochs, seed=args.seed)
     shutil.rmtree(paths["model"], ignore_errors=True)  # a fresh run: the demo does not resume
     trained = train(spark, str(paths["table"]), str(paths["model"]), config, configs["train"].to_yaml())
-    print(summary(trained), flush=True)
+    print(train_summary(trained), flush=True)
     return trained
 
 
 def _score(spark, paths: dict[str, Path], configs: dict, args: argparse.Namespace):
-    from skinspark.score import score, summary
+    from skinspark.score import score, score_summary
 
     print(f"\n[4/4] scoring the sample's {args.images} JPEGs with the trained model", flush=True)
     loaded = configs["score"]
@@ -103,7 +103,7 @@ def _score(spark, paths: dict[str, Path], configs: dict, args: argparse.Namespac
         images=_image_dirs(paths),
         config_text=loaded.to_yaml(),
     )
-    print(summary(scored.manifest), flush=True)
+    print(score_summary(scored.manifest), flush=True)
     return scored
 
 

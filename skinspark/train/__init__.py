@@ -61,7 +61,7 @@ from skinspark.model import WeightsError, build_model, min_input_size, resolve_w
 from skinspark.model_dir import local_path
 from skinspark.table import EVAL_BATCH_SIZE, petastorm_url, read_ingest_manifest, read_split, split_url
 from skinspark.tasks import get_task
-from skinspark.train.artifacts import TrainResult, prediction_frame, summary, write_outputs
+from skinspark.train.artifacts import TrainResult, prediction_frame, train_summary, write_outputs
 from skinspark.train.checkpoints import CHECKPOINTS, latest_checkpoint, restore_checkpoint, write_checkpoint
 from skinspark.train.errors import ERRORS, TrainError, TrainInputError, describe_failure, table_errors
 from skinspark.train.folds import fold_fields, fold_table, remove_fold_table
@@ -91,7 +91,7 @@ __all__ = [
     "rank_environment",
     "read_split",
     "restore_checkpoint",
-    "summary",
+    "train_summary",
     "train",
     "validate_config",
     "write_checkpoint",

@@ -99,7 +99,7 @@ def precision_line(manifest: dict) -> str:
     )
 
 
-def summary(result: TrainResult) -> str:
+def train_summary(result: TrainResult) -> str:
     """A one-screen summary of a training run: what ran, then the test metrics."""
     manifest = result.manifest
     lines = [
@@ -125,7 +125,7 @@ def summary(result: TrainResult) -> str:
             f"{validation['balanced_accuracy']:.4f}, macro F1 {validation['macro_f1']:.4f}), "
             "trained on the others"
         )
-    lines.append("test split: " + metrics_module.summary(result.metrics))
+    lines.append("test split: " + metrics_module.metrics_summary(result.metrics))
     lines.append("  " + metrics_module.against_baselines(result.metrics))
     lines.append("  " + precision_line(manifest))
     lines.append(f"model: {result.model_dir}")

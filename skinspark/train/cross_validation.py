@@ -180,7 +180,7 @@ def fold_table_frame(record: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary(result: CrossValidationResult) -> str:
+def cross_validation_summary(result: CrossValidationResult) -> str:
     """The cross-validation as a table: one line per fold, then a mean ± std line."""
     record = result.manifest
     names = [f"{SHORT[subset]} {HEADINGS[metric]}" for subset in SUBSETS for metric in METRICS]

@@ -28,7 +28,8 @@ from skinspark import schema
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.images import IMAGE_SUFFIXES, archives
 from skinspark.ingest import ingest
-from skinspark.tools.benchmark import cached_files, peak_tree_rss, trained_model
+from skinspark.tools.benchmark.inputs import cached_files, trained_model
+from skinspark.tools.benchmark.timing import peak_tree_rss
 
 FORMS = ("folders", "zip_stored", "zip_deflated")
 SCALE_SMALL = 10_000
@@ -200,7 +201,7 @@ def bench_scale(data_dir: Path, work_dir: Path, model_dir: Path, files: list[Pat
 def _score_process(model_dir: Path, inputs: list[str], output: Path) -> dict:
     import json
 
-    command = [sys.executable, "-m", "jobs.score", "--model", str(model_dir), "--images", *inputs]
+    command = [sys.executable, "-m", "skinspark.entry.score", "--model", str(model_dir), "--images", *inputs]
     command += ["--output", str(output), "--master", "local[2]"]
     started = time.perf_counter()
     peak = peak_tree_rss(command)

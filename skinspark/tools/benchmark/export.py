@@ -12,7 +12,8 @@ from pyspark.sql import SparkSession
 from skinspark import precision, schema
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.export import QUANTIZATIONS, export_tflite
-from skinspark.tools.benchmark import _rounds, cached_files, trained_model
+from skinspark.tools.benchmark.inputs import cached_files, trained_model
+from skinspark.tools.benchmark.timing import timed_rounds
 
 EXPORT_EPOCHS = 8
 
@@ -59,7 +60,7 @@ def bench_export(
     scoring = {}
     for name, (directory, kind) in models.items():
         job_config = dataclasses.replace(config, precision=kind)
-        scoring[name] = _rounds(
+        scoring[name] = timed_rounds(
             lambda d=directory, c=job_config, n=name: score(
                 spark, str(d), str(work_dir / f"export-score-{n}"), c, image_dirs
             ),

@@ -348,3 +348,6 @@ def test_ingest_of_dicoms_stores_the_jpegs_pixels(spark, generated, dicoms, tmp_
         manifest["counts"]["files"]["ingested"] == len(ids)
         and manifest["counts"]["files"]["quarantined"] == 0
     )
+    # The multi-frame object was ingested from its first frame, and the manifest says so.
+    multi = f"file:{dicoms['folder']}/{dicoms['multi_frame']}.dcm"
+    assert manifest["notes"] == {"count": 1, "first": {multi: "DICOM with 2 frames: frame 1 used"}}

@@ -147,7 +147,8 @@ def ingest(
 
     staging = staging_path(output)
     try:
-        failures = write_table(spark, frame, plan, config, reader, staging) if len(plan) else {}
+        written = write_table(spark, frame, plan, config, reader, staging) if len(plan) else None
+        failures = written.failures if written else {}
         files, rows, plan = apply_failures(files, rows, plan, failures)
         counts = count(files, rows, plan, rows_read=len(raw_rows))
         if config.folds:
@@ -155,6 +156,11 @@ def ingest(
         manifest = manifest_for(config, reader, image_paths, metadata_path, counts)
         separator = detect_separator(read_header_line(spark, metadata_path))
         manifest["inputs"]["metadata_separator"] = "tab" if separator == "\t" else "comma"
+        if written and written.notes:  # ingested as said: e.g. a multi-frame DICOM's first frame
+            manifest["notes"] = {
+                "count": len(written.notes),
+                "first": dict(sorted(written.notes.items())[:20]),
+            }
         if listing.archives is not None:
             manifest["archives"] = {
                 "totals": listing.archives.totals(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Iterator
@@ -18,9 +19,19 @@ from skinspark.preprocess import decode_many
 from skinspark.session import query_settings
 
 
+@dataclasses.dataclass(frozen=True)
+class TablePass:
+    """What the one pass over the images found besides the rows it wrote: each planned file that could
+    not be read or decoded ({source_path: (reason, message)}), and each ingested image's note
+    ({source_path: note}: a multi-frame DICOM whose first frame was used)."""
+
+    failures: dict[str, tuple[str, str]]
+    notes: dict[str, str]
+
+
 def write_table(
     spark: SparkSession, frame: DataFrame, plan: pd.DataFrame, config: IngestConfig, reader: str, target: str
-) -> dict[str, tuple[str, str]]:
+) -> TablePass:
     """The one pass over the images: read, decode and write the planned files as the table at `target`.
 
     The plan (a few hundred bytes per image) travels to the workers as a broadcast variable, so the
@@ -28,12 +39,13 @@ def write_table(
     files, and writes their rows partitioned by split.
 
     Returns:
-        {source_path: (reason, message)} for each planned file that could not be read or decoded.
+        The failures and notes of the pass (`TablePass`).
     """
     table_schema = _table_schema(plan)
     rows = _plan_rows(plan, table_schema)
     sc = spark.sparkContext
     failures = sc.accumulator([], _ListParam())
+    notes = sc.accumulator([], _ListParam())
     seen = sc.accumulator(0)
     decode = functools.partial(
         _decode_planned,
@@ -44,6 +56,7 @@ def write_table(
         decoder=config.decoder,
         reader=reader,
         failures=failures,
+        notes=notes,
         seen=seen,
     )
     columns = images.read_columns(reader, members=True)
@@ -80,7 +93,7 @@ def write_table(
             written = set(table.select(schema.SOURCE_PATH).toPandas()[schema.SOURCE_PATH])
         for path in set(plan[schema.SOURCE_PATH]) - written - set(failed):
             failed[path] = (schema.REASON_UNREADABLE, GONE_MESSAGE)
-    return failed
+    return TablePass(failed, dict(notes.value))
 
 
 def _decode_planned(
@@ -92,6 +105,7 @@ def _decode_planned(
     decoder: str,
     reader: str,
     failures,
+    notes,
     seen,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: the planned files of each batch, read, decoded and joined with their plan rows."""
@@ -110,6 +124,7 @@ def _decode_planned(
                 if result.pixels is None
             ]
         )
+        notes.add([(paths[i], result.note) for i, result in enumerate(results) if result.note])
         seen.add(len(batch))
         rows = planned.loc[paths[ok]].reset_index()
         rows[schema.IMAGE] = [results[index].pixels.tobytes() for index in ok]

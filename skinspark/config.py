@@ -26,13 +26,21 @@ import yaml
 
 from skinspark import precision, schema
 from skinspark.errors import ConfigError
+from skinspark.model import BACKBONES, MODELS
 from skinspark.session import CONF_DIR
+from skinspark.tasks import TASKS
 
 C = TypeVar("C")
 
 # split_by's values and the column whose values each keeps whole on one side of the split.
 SPLIT_UNITS = {"lesion": schema.LESION_ID, "image": schema.IMAGE_ID}
 SCORE_MODES = ("overwrite", "resume")  # replace the output, or score only files not in it
+# Training's choices: the data-parallel backend, the loss weights, how rare classes count, and how
+# gradients travel between ranks (as they are, or as float16: Horovod's Compression.fp16).
+BACKENDS = ("auto", "horovod", "tf_distribute")
+CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
+BALANCE_MODES = ("class_weight", "oversample", "none")
+GRADIENT_COMPRESSIONS = ("none", "fp16")
 
 
 def first_failure(checks: Iterable[tuple[bool, str]]) -> None:
@@ -174,6 +182,93 @@ class TrainConfig:
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "skinspark"
     mlflow_model_name: str = ""  # register the logged model under this name; "": log it, register nothing
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first setting training cannot work with."""
+        first_failure([*self._range_checks(), *self._choice_checks()])
+        check_precision(self.precision)
+
+    def _choice_checks(self) -> list[tuple[bool, str]]:
+        """The named choices, and the settings that exclude each other."""
+        return [
+            (self.model in MODELS, f"model must be one of {sorted(MODELS)}, got {self.model!r}"),
+            (self.task in TASKS, f"task must be one of {sorted(TASKS)}, got {self.task!r}"),
+            (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
+            (
+                self.gradient_compression == "none" or self.backend != "tf_distribute",
+                "gradient_compression fp16 is Horovod's: use --backend horovod, or gradient_compression none",
+            ),
+            (
+                self.freeze_epochs == 0 or self.model in BACKBONES,
+                f"freeze_epochs freezes a backbone: {self.model} has none (use a backbone --model, or 0)",
+            ),
+            (self.balance in BALANCE_MODES, f"balance must be one of {BALANCE_MODES}, got {self.balance!r}"),
+            (
+                self.class_weight in CLASS_WEIGHT_MODES,
+                f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {self.class_weight!r}",
+            ),
+            (
+                self.fold == -1 or not self.cross_validate,
+                f"fold {self.fold} and cross_validate exclude each other: cross_validate trains every fold",
+            ),
+            (
+                not (self.cross_validate and self.mlflow_model_name),
+                "a cross-validation trains one model per fold: register one of them with --fold k and "
+                "--register-model, or cross-validate without --register-model",
+            ),
+            (
+                self.gradient_compression in GRADIENT_COMPRESSIONS,
+                f"gradient_compression must be one of {GRADIENT_COMPRESSIONS}, "
+                f"got {self.gradient_compression!r}",
+            ),
+        ]
+
+    def _range_checks(self) -> list[tuple[bool, str]]:
+        """Each number's range."""
+        at_least_one = (
+            "epochs",
+            "batch_size",
+            "shuffle_buffer",
+            "stall_timeout_s",
+            "workers_per_rank",
+            "keep_checkpoints",
+        )
+        return [
+            *[
+                (getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+                for name in at_least_one
+            ],
+            *[
+                (getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+                for name in ("freeze_epochs", "warmup_epochs", "warmup_steps")
+            ],
+            (
+                self.fine_tune_layers >= 0,
+                f"fine_tune_layers must be >= 0 (0: all), got {self.fine_tune_layers}",
+            ),
+            (
+                0 < self.fine_tune_rate_factor <= 1,
+                f"fine_tune_rate_factor must be in (0, 1], got {self.fine_tune_rate_factor}",
+            ),
+            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.clip_norm >= 0, f"clip_norm must be >= 0 (0: no clipping), got {self.clip_norm}"),
+            (
+                self.oversample_to >= 0,
+                f"oversample_to must be >= 0 (0: the largest class), got {self.oversample_to}",
+            ),
+            (self.num_proc >= 0, f"num_proc must be >= 0 (0: all task slots), got {self.num_proc}"),
+            (self.fold >= -1, f"fold must be a fold number >= 0, or -1 (off), got {self.fold}"),
+            (
+                self.horovod_cycle_time_ms > 0,
+                f"horovod_cycle_time_ms must be positive, got {self.horovod_cycle_time_ms}",
+            ),
+            (
+                0 < self.reduce_lr_factor < 1,
+                f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}",
+            ),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+        ]
 
 
 @dataclasses.dataclass(frozen=True)

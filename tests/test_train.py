@@ -125,16 +125,15 @@ def test_sqrt_class_weights_are_gentler_and_keep_the_weighted_count():
 
 def test_new_recipe_settings_are_checked():
     from skinspark.config import TrainConfig
-    from skinspark.train import validate_config
 
-    validate_config(TrainConfig(warmup_steps=100, label_smoothing=0.1, clip_norm=1.0, class_weight="sqrt"))
+    TrainConfig(warmup_steps=100, label_smoothing=0.1, clip_norm=1.0, class_weight="sqrt").check()
     for bad, message in (
         ({"warmup_steps": -1}, "warmup_steps"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"clip_norm": -0.5}, "clip_norm"),
     ):
         with pytest.raises(ValueError, match=message):
-            validate_config(TrainConfig(**bad))
+            TrainConfig(**bad).check()
 
 
 def test_flip_draws_each_image_of_a_batch_on_its_own():

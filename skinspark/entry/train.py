@@ -30,7 +30,8 @@ from skinspark.cli import (
     log_run,
     run_job,
 )
-from skinspark.config import Loaded, TrainConfig
+from skinspark.config import BACKENDS, BALANCE_MODES, CLASS_WEIGHT_MODES, Loaded, TrainConfig
+from skinspark.tasks import TASKS
 from skinspark.train import TrainError, TrainInputError, train, train_summary
 from skinspark.train.cross_validation import cross_validate, cross_validation_summary
 
@@ -85,7 +86,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """What is trained, where and how long: backend, ranks, epochs, batch, rate, model, task, weights."""
     parser.add_argument(
         "--backend",
-        choices=["auto", "horovod", "tf_distribute"],
+        choices=BACKENDS,
         help="data-parallel backend: horovod, or tf_distribute (MultiWorkerMirroredStrategy on a Spark "
         "barrier stage); auto (default): horovod where it is installed, else tf_distribute",
     )
@@ -105,7 +106,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--task",
-        choices=["dx7", "malignant"],
+        choices=sorted(TASKS),
         help="what the model predicts: dx7 (default), the seven diagnoses; or malignant, benign (nv, bkl, "
         "df, vasc) against malignant (mel, bcc, akiec)",
     )
@@ -120,12 +121,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """How: class weights, balancing, augmentation, resuming, seed and precision."""
     parser.add_argument(
         "--class-weight",
-        choices=["balanced", "sqrt", "none"],
+        choices=CLASS_WEIGHT_MODES,
         help="per-class loss weights from the train split's counts (default balanced)",
     )
     parser.add_argument(
         "--balance",
-        choices=["class_weight", "oversample", "none"],
+        choices=BALANCE_MODES,
         help="rare classes: loss weights (default, see --class-weight), oversampling inside the training "
         "split, or neither",
     )

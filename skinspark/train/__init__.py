@@ -12,7 +12,7 @@ after each epoch and returns its final weights; the driver then builds the model
 labels, preprocessing spec, test-split metrics, history and plots. Both backends run the same model,
 recipe, epoch log, checkpoints and watchdog, and write the same model directory.
 
-    recipe.py       the settings checked, class weights
+    recipe.py       the backend resolved, oversampling, class weights
     rank.py         what every rank runs, whatever the backend: the plan, phases, compiled model,
                     callbacks, epoch log, watchdog
     pipeline.py     a rank's training rows as tf.data pixel batches (decode, oversample, shuffle, flip)
@@ -55,7 +55,8 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from skinspark import precision, schema, session, storage
-from skinspark.config import TrainConfig
+from skinspark.config import CLASS_WEIGHT_MODES, TrainConfig
+from skinspark.errors import ConfigError
 from skinspark.metrics import baselines, classification_metrics, operating_threshold
 from skinspark.model import WeightsError, build_model, min_input_size, resolve_weights
 from skinspark.model_dir import local_path
@@ -67,13 +68,7 @@ from skinspark.train.errors import ERRORS, TrainError, TrainInputError, describe
 from skinspark.train.folds import fold_fields, fold_table, remove_fold_table
 from skinspark.train.horovod_backend import rank_environment, run_ranks
 from skinspark.train.rank import HISTORY_COLUMNS, RankPlan
-from skinspark.train.recipe import (
-    CLASS_WEIGHT_MODES,
-    class_weights,
-    oversample_repeats,
-    resolve_backend,
-    validate_config,
-)
+from skinspark.train.recipe import class_weights, oversample_repeats, resolve_backend
 from skinspark.versions import package_versions
 
 RANK_KEYS = ("rank", "batches", "sharding", "precision")
@@ -93,7 +88,6 @@ __all__ = [
     "restore_checkpoint",
     "train_summary",
     "train",
-    "validate_config",
     "write_checkpoint",
 ]
 
@@ -127,13 +121,16 @@ def train(
         TrainResult with the manifest, test metrics, per-epoch history and the trained model.
 
     Raises:
-        ValueError: an invalid config value.
-        TrainInputError: unusable input (a fold of a table without folds, or a fold it does not have),
-            or a checkpoint in `model_dir` without `resume`.
+        TrainInputError: a setting `config.check()` refuses (its message unchanged), unusable input
+            (a fold of a table without folds, or a fold it does not have), or a checkpoint in
+            `model_dir` without `resume`.
         TrainError: a rank failed or stalled, or the ranks did not start within the start timeout.
     """
     started = time.perf_counter()
-    validate_config(config)
+    try:
+        config.check()
+    except ConfigError as error:
+        raise TrainInputError(str(error)) from None
     directory = Path(local_path(model_dir))
     if config.fold >= 0:  # train on the other folds, validate on this one: the fold's own table
         data_dir = fold_table(spark, data_dir, directory, config.fold)

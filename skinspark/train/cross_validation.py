@@ -16,13 +16,13 @@ from pyspark.sql import SparkSession
 
 from skinspark import storage
 from skinspark.config import TrainConfig
+from skinspark.errors import ConfigError
 from skinspark.manifest import CONFIG_FILE, MANIFEST_FILE, JobResult, write_json_atomic, write_text_atomic
 from skinspark.model_dir import local_path
 from skinspark.table import petastorm_url, read_ingest_manifest
 from skinspark.train.artifacts import TrainResult
-from skinspark.train.errors import table_errors
+from skinspark.train.errors import TrainInputError, table_errors
 from skinspark.train.folds import fold_count
-from skinspark.train.recipe import validate_config
 
 RESULT_JSON = "cross_validation.json"
 RESULT_CSV = "cross_validation.csv"
@@ -72,15 +72,17 @@ def cross_validate(
         CrossValidationResult whose manifest is `cross_validation.json`'s content.
 
     Raises:
-        ValueError: an invalid config value.
-        TrainInputError: a table without folds, unusable input, or (without `resume`) a fold directory
-            that already holds a checkpoint.
+        TrainInputError: a setting `config.check()` refuses (its message unchanged), a table without
+            folds, unusable input, or (without `resume`) a fold directory that already holds a checkpoint.
         TrainError: a fold's training failed (the folds before it stay complete).
     """
     from skinspark.train import train  # the package imports this module
 
     started = time.perf_counter()
-    validate_config(config)
+    try:
+        config.check()
+    except ConfigError as error:
+        raise TrainInputError(str(error)) from None
     directory = Path(local_path(model_dir))
     source = petastorm_url(storage.qualify(spark, data_dir))
     folds = fold_count(read_ingest_manifest(spark, source), data_dir)

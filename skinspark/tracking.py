@@ -152,20 +152,15 @@ def log_training(
         "ranks": str(manifest["num_proc"]),
         "parameters": str(manifest["parameters"]),
     }
-    with _reporting(f"logging to MLflow at {tracking_uri} failed"), _tracking_to(mlflow, tracking_uri):
-        experiment_id = _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
-        run_name = f"train {manifest['model']} {Path(result.model_dir).name}"
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-            mlflow.log_params(config_params(loaded))
-            for epoch, values in epoch_metrics(result.history):
-                mlflow.log_metrics(values, step=epoch)
-            mlflow.log_metrics(metric_scalars(result.metrics, prefix="test_"))
-            mlflow.log_metric("training_seconds", float(manifest["training_seconds"]))
-            for name in TRAINING_ARTIFACTS:
-                if (Path(result.model_dir) / name).is_file():
-                    mlflow.log_artifact(str(Path(result.model_dir) / name))
-            model = _log_model(mlflow, result.model, result.model_dir, model_name)
-        return _tracked(run, experiment, tracking_uri, model, model_name)
+    run_name = f"train {manifest['model']} {Path(result.model_dir).name}"
+    with _logged_run(mlflow, loaded, tracking_uri, experiment, run_name, tags) as run:
+        for epoch, values in epoch_metrics(result.history):
+            mlflow.log_metrics(values, step=epoch)
+        mlflow.log_metrics(metric_scalars(result.metrics, prefix="test_"))
+        mlflow.log_metric("training_seconds", float(manifest["training_seconds"]))
+        _log_artifacts(mlflow, result.model_dir, TRAINING_ARTIFACTS)
+        model = _log_model(mlflow, result.model, result.model_dir, model_name)
+    return _tracked(run, experiment, tracking_uri, model, model_name)
 
 
 def log_cross_validation(
@@ -210,16 +205,11 @@ def log_cross_validation(
         "folds": str(record["folds"]),
         **{f"fold_{fold}_run_id": run_id for fold, run_id in fold_runs.items()},
     }
-    with _reporting(f"logging to MLflow at {tracking_uri} failed"), _tracking_to(mlflow, tracking_uri):
-        experiment_id = _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
-        run_name = f"cross-validate {record['model']} {Path(result.output).name}"
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-            mlflow.log_params(config_params(loaded))
-            mlflow.log_metrics(metrics)
-            for name in (CROSS_VALIDATION_JSON, CROSS_VALIDATION_CSV):
-                if (Path(result.output) / name).is_file():
-                    mlflow.log_artifact(str(Path(result.output) / name))
-        return _tracked(run, experiment, tracking_uri)
+    run_name = f"cross-validate {record['model']} {Path(result.output).name}"
+    with _logged_run(mlflow, loaded, tracking_uri, experiment, run_name, tags) as run:
+        mlflow.log_metrics(metrics)
+        _log_artifacts(mlflow, result.output, (CROSS_VALIDATION_JSON, CROSS_VALIDATION_CSV))
+    return _tracked(run, experiment, tracking_uri)
 
 
 def log_scoring(spark, result, loaded: Loaded, tracking_uri: str, experiment: str) -> TrackedRun:
@@ -258,18 +248,15 @@ def log_scoring(spark, result, loaded: Loaded, tracking_uri: str, experiment: st
         "output": manifest["output"],
         "mode": manifest["run"]["mode"],
     }
-    with _reporting(f"logging to MLflow at {tracking_uri} failed"), _tracking_to(mlflow, tracking_uri):
-        experiment_id = _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
-        run_name = f"score {Path(manifest['output']).name}"
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-            mlflow.log_params(config_params(loaded))
-            mlflow.log_metrics(metrics)
-            for name, text in records.items():
-                if text is not None:
-                    mlflow.log_text(text, name)
-            if not result.ok:
-                mlflow.end_run(status="FAILED")
-        return _tracked(run, experiment, tracking_uri)
+    run_name = f"score {Path(manifest['output']).name}"
+    with _logged_run(mlflow, loaded, tracking_uri, experiment, run_name, tags) as run:
+        mlflow.log_metrics(metrics)
+        for name, text in records.items():
+            if text is not None:
+                mlflow.log_text(text, name)
+        if not result.ok:
+            mlflow.end_run(status="FAILED")
+    return _tracked(run, experiment, tracking_uri)
 
 
 def config_params(loaded: Loaded) -> dict[str, str]:
@@ -380,6 +367,32 @@ def _log_model(mlflow, model, model_dir: str, model_name: str):
         pip_requirements=tensorflow_requirements(),
         registered_model_name=model_name or None,
     )
+
+
+@contextlib.contextmanager
+def _logged_run(
+    mlflow, loaded: Loaded, tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str]
+) -> Iterator[Any]:
+    """One MLflow run of a job, for the block to log its figures and files into: MLflow's API pointed at
+    `tracking_uri` for the block, `experiment` created when missing, the run started under `run_name`
+    with `tags` and the resolved config logged as its params. The run ends with the block (FAILED where
+    the block raises), and any failure of MLflow comes out as one TrackingError.
+
+    Yields:
+        the active run (`mlflow.ActiveRun`), for `_tracked` once the block is done.
+    """
+    with _reporting(f"logging to MLflow at {tracking_uri} failed"), _tracking_to(mlflow, tracking_uri):
+        experiment_id = _experiment_id(mlflow.MlflowClient(tracking_uri), experiment)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+            mlflow.log_params(config_params(loaded))
+            yield run
+
+
+def _log_artifacts(mlflow, directory: str, names) -> None:
+    """Log each file of `names` that `directory` holds as an artifact of the active run."""
+    for name in names:
+        if (Path(directory) / name).is_file():
+            mlflow.log_artifact(str(Path(directory) / name))
 
 
 def _tracked(run, experiment: str, tracking_uri: str, model=None, model_name: str = "") -> TrackedRun:

@@ -18,9 +18,10 @@ from skinspark import precision, schema
 from skinspark.config import check_folds
 from skinspark.ingest.split import assign_folds, missing_classes
 from skinspark.metrics import classification_metrics
+from skinspark.model_dir import CROSS_VALIDATION_CSV, CROSS_VALIDATION_JSON
 from skinspark.tools.synthetic import generate
 from skinspark.train import TrainInputError
-from skinspark.train.cross_validation import METRICS, RESULT_CSV, RESULT_JSON
+from skinspark.train.cross_validation import METRICS
 from skinspark.train.folds import FOLD_DATA, fold_table
 from tests.conftest import BACKENDS
 
@@ -309,7 +310,7 @@ def test_cross_validate_trains_every_fold_and_reports_mean_and_std(
     for key in METRICS:
         assert again[key] == pytest.approx(manifests[0]["validation"][key], abs=1e-6)
 
-    record = json.loads((model_dir / RESULT_JSON).read_text())
+    record = json.loads((model_dir / CROSS_VALIDATION_JSON).read_text())
     assert record["status"] == "complete" and record["folds"] == 2 and record["metrics"] == list(METRICS)
     for subset in ("validation", "test"):
         for key in METRICS:
@@ -317,7 +318,7 @@ def test_cross_validate_trains_every_fold_and_reports_mean_and_std(
             assert [row[subset][key] for row in record["per_fold"]] == list(values)
             assert record["mean"][subset][key] == pytest.approx(values.mean(), abs=1e-12)
             assert record["std"][subset][key] == pytest.approx(values.std(), abs=1e-12)
-    table = pd.read_csv(model_dir / RESULT_CSV, dtype={"fold": str})
+    table = pd.read_csv(model_dir / CROSS_VALIDATION_CSV, dtype={"fold": str})
     assert table["fold"].tolist() == ["0", "1", "mean", "std"]
     assert table.loc[0, "validation_images"] == fold_sizes["0"]["images"]
     assert table.loc[2, "test_balanced_accuracy"] == pytest.approx(
@@ -345,17 +346,18 @@ def test_cross_validate_trains_every_fold_and_reports_mean_and_std(
     for fold, manifest in enumerate(manifests):
         fold_run = client.get_run(whole.data.tags[f"fold_{fold}_run_id"])
         assert fold_run.data.metrics["test_accuracy"] == pytest.approx(manifest["test"]["accuracy"])
-    assert {item.path for item in client.list_artifacts(whole.info.run_id)} >= {RESULT_JSON, RESULT_CSV}
+    logged = {item.path for item in client.list_artifacts(whole.info.run_id)}
+    assert logged >= {CROSS_VALIDATION_JSON, CROSS_VALIDATION_CSV}
 
     # --resume skips a complete fold and finishes an interrupted one from its checkpoint.
     (model_dir / "fold-1" / "_manifest.json").unlink()
-    (model_dir / RESULT_JSON).unlink()
+    (model_dir / CROSS_VALIDATION_JSON).unlink()
     written = os.stat(model_dir / "fold-0" / "_manifest.json").st_mtime_ns
     assert train_job.main([*arguments, "--resume"]) == 0
     assert os.stat(model_dir / "fold-0" / "_manifest.json").st_mtime_ns == written
     resumed = _manifest(model_dir / "fold-1")
     assert (resumed["initial_epoch"], resumed["epochs_trained"]) == (1, 0)
-    again = json.loads((model_dir / RESULT_JSON).read_text())
+    again = json.loads((model_dir / CROSS_VALIDATION_JSON).read_text())
     assert again["per_fold"][0] == record["per_fold"][0]
     for key in METRICS:
         assert again["per_fold"][1]["test"][key] == pytest.approx(

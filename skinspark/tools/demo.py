@@ -18,6 +18,7 @@ from skinspark.cli import job_session
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig, load_config
 from skinspark.ingest import IngestError, ingest
 from skinspark.manifest import MANIFEST_FILE
+from skinspark.model_dir import HISTORY_FILE, METRICS_FILE, MODEL_FILE
 from skinspark.tools.synthetic import format_summary, generate
 
 
@@ -113,7 +114,7 @@ def _print_places(paths: dict[str, Path]) -> None:
     print(f"  sample dataset : {paths['data']}")
     print(f"  tensor table   : {table}  (Parquet, split=train|val|test)")
     print(f"  quarantine     : {table / '_quarantine'}")
-    print(f"  model          : {model}  (model.keras, metrics.json, history.csv, *.png)")
+    print(f"  model          : {model}  ({MODEL_FILE}, {METRICS_FILE}, {HISTORY_FILE}, *.png)")
     print(f"  predictions    : {predictions}  (Parquet, one row per file)")
     print(
         f"  manifests      : {table / MANIFEST_FILE}, {model / MANIFEST_FILE}, {predictions / MANIFEST_FILE}"

@@ -57,6 +57,7 @@ from pyspark.sql import SparkSession
 from skinspark import precision, schema, session, storage
 from skinspark.config import CLASS_WEIGHT_MODES, TrainConfig
 from skinspark.errors import ConfigError
+from skinspark.manifest import STATUS_COMPLETE, STATUS_KEY
 from skinspark.metrics import baselines, classification_metrics, operating_threshold
 from skinspark.model import WeightsError, build_model, min_input_size, resolve_weights
 from skinspark.model_dir import local_path
@@ -283,7 +284,7 @@ def _finish(
     weights = run["class_weight"] or {}
     manifest = {
         "job": "train",
-        "status": "complete",
+        STATUS_KEY: STATUS_COMPLETE,
         "data": data_url,
         "model_dir": str(directory),
         "model": config.model,

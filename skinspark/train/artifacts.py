@@ -15,7 +15,15 @@ import pandas as pd
 from skinspark import metrics as metrics_module
 from skinspark import schema
 from skinspark.manifest import MANIFEST_FILE, JobResult, write_json_atomic
-from skinspark.model_dir import save_model_dir
+from skinspark.model_dir import (
+    CONFUSION_MATRIX_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RELIABILITY_DIAGRAM_FILE,
+    TEST_PREDICTIONS_FILE,
+    TRAINING_CURVES_FILE,
+    save_model_dir,
+)
 from skinspark.tasks import DX7, Task
 
 
@@ -71,15 +79,15 @@ def write_outputs(
         staging = Path(staging_name)
         save_model_dir(model, str(staging), ingest_manifest, config_yaml, task)
         test_metrics = outputs["metrics"]
-        write_json_atomic(staging / "metrics.json", test_metrics)
-        outputs["history"].to_csv(staging / "history.csv", index=False, float_format="%.9g")
-        outputs["predictions"].to_csv(staging / "test_predictions.csv", index=False, float_format="%.9g")
-        metrics_module.plot_training_curves(outputs["history"], staging / "training_curves.png")
+        write_json_atomic(staging / METRICS_FILE, test_metrics)
+        outputs["history"].to_csv(staging / HISTORY_FILE, index=False, float_format="%.9g")
+        outputs["predictions"].to_csv(staging / TEST_PREDICTIONS_FILE, index=False, float_format="%.9g")
+        metrics_module.plot_training_curves(outputs["history"], staging / TRAINING_CURVES_FILE)
         metrics_module.plot_confusion_matrix(
-            test_metrics["confusion_matrix"], test_metrics["labels"], staging / "confusion_matrix.png"
+            test_metrics["confusion_matrix"], test_metrics["labels"], staging / CONFUSION_MATRIX_FILE
         )
         metrics_module.plot_reliability_diagram(
-            test_metrics["calibration"], staging / "reliability_diagram.png", "test split"
+            test_metrics["calibration"], staging / RELIABILITY_DIAGRAM_FILE, "test split"
         )
         for path in sorted(staging.iterdir()):
             os.replace(path, directory / path.name)

@@ -17,15 +17,21 @@ from pyspark.sql import SparkSession
 from skinspark import storage
 from skinspark.config import TrainConfig
 from skinspark.errors import ConfigError
-from skinspark.manifest import CONFIG_FILE, MANIFEST_FILE, JobResult, write_json_atomic, write_text_atomic
-from skinspark.model_dir import local_path
+from skinspark.manifest import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    STATUS_COMPLETE,
+    STATUS_KEY,
+    JobResult,
+    write_json_atomic,
+    write_text_atomic,
+)
+from skinspark.model_dir import CROSS_VALIDATION_CSV, CROSS_VALIDATION_JSON, local_path
 from skinspark.table import petastorm_url, read_ingest_manifest
 from skinspark.train.artifacts import TrainResult
 from skinspark.train.errors import TrainInputError, table_errors
 from skinspark.train.folds import fold_count
 
-RESULT_JSON = "cross_validation.json"
-RESULT_CSV = "cross_validation.csv"
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")  # the scalars averaged over folds
 SUBSETS = ("validation", "test")  # each fold's own validation fold, and the shared test split
 SHORT = {"validation": "val", "test": "test"}
@@ -101,7 +107,7 @@ def cross_validate(
     record.update(
         {
             "job": "cross_validate",
-            "status": "complete",
+            STATUS_KEY: STATUS_COMPLETE,
             "data": source,
             "model_dir": str(directory),
             "model": config.model,
@@ -111,8 +117,8 @@ def cross_validate(
         }
     )
     write_text_atomic(directory / CONFIG_FILE, config_yaml)
-    fold_table_frame(record).to_csv(directory / RESULT_CSV, index=False, float_format="%.9g")
-    write_json_atomic(directory / RESULT_JSON, record)  # last: its presence means every fold is in
+    fold_table_frame(record).to_csv(directory / CROSS_VALIDATION_CSV, index=False, float_format="%.9g")
+    write_json_atomic(directory / CROSS_VALIDATION_JSON, record)  # last: its presence means every fold is in
     return CrossValidationResult(str(directory), record)
 
 
@@ -122,7 +128,7 @@ def _complete_manifest(directory: Path) -> dict | None:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return manifest if manifest.get("status") == "complete" else None
+    return manifest if manifest.get(STATUS_KEY) == STATUS_COMPLETE else None
 
 
 def fold_yaml(config_yaml: str, fold: int) -> str:
@@ -201,7 +207,10 @@ def cross_validation_summary(result: CrossValidationResult) -> str:
         for metric in METRICS
     ]
     lines.append(f"  {'mean ± std':<10} {'':>15}" + "".join(f" {cell:>13}" for cell in cells))
-    lines.append(f"results: {result.output}/{RESULT_JSON} and {RESULT_CSV}; models: {result.output}/fold-k")
+    lines.append(
+        f"results: {result.output}/{CROSS_VALIDATION_JSON} and {CROSS_VALIDATION_CSV}; "
+        f"models: {result.output}/fold-k"
+    )
     return "\n".join(lines)
 
 

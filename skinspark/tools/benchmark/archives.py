@@ -28,6 +28,7 @@ from skinspark import schema
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.images import IMAGE_SUFFIXES, archives
 from skinspark.ingest import ingest
+from skinspark.manifest import COUNTS_KEY, MANIFEST_FILE
 from skinspark.tools.benchmark.inputs import cached_files, trained_model
 from skinspark.tools.benchmark.timing import peak_tree_rss
 
@@ -205,10 +206,10 @@ def _score_process(model_dir: Path, inputs: list[str], output: Path) -> dict:
     command += ["--output", str(output), "--master", "local[2]"]
     started = time.perf_counter()
     peak = peak_tree_rss(command)
-    manifest = json.loads((output / "_manifest.json").read_text())
+    manifest = json.loads((output / MANIFEST_FILE).read_text())
     return {
         "files": manifest["run"]["files_seen"],
-        "scored": manifest["counts"]["scored"],
+        "scored": manifest[COUNTS_KEY]["scored"],
         "seconds": round(time.perf_counter() - started, 1),
         "images_per_second": manifest["run"]["images_per_second"],
         "peak_rss_mb": round(peak / 2**20, 1),

@@ -21,6 +21,7 @@ from pyspark.sql import SparkSession
 from skinspark import schema
 from skinspark.config import IngestConfig
 from skinspark.ingest import ingest
+from skinspark.manifest import COUNTS_KEY, STATUS_KEY
 from skinspark.preprocess import decode_image
 from skinspark.tools.benchmark.inputs import dataset_files
 from skinspark.tools.benchmark.timing import timed, timed_rounds
@@ -66,8 +67,8 @@ def bench_ingest(spark: SparkSession, data_dir: Path, work_dir: Path, config: In
             lambda c=reader_config: ingest(spark, image_dirs, metadata, str(work_dir / "ingest-table"), c),
             len(files),
             lambda result: {
-                "ingested": result.manifest["counts"]["files"]["ingested"],
-                "status": result.manifest["status"],
+                "ingested": result.manifest[COUNTS_KEY]["files"]["ingested"],
+                "status": result.manifest[STATUS_KEY],
             },
         )
     seconds_b, _ = timed(lambda: single_process_decode(files, config.height, config.width, config.decoder))
@@ -87,7 +88,7 @@ def bench_ingest(spark: SparkSession, data_dir: Path, work_dir: Path, config: In
         "images": images,
         "master": spark.sparkContext.master,
         "warm_up_seconds": round(warm_seconds, 3),
-        "warm_up_status": warm.manifest["status"],
+        "warm_up_status": warm.manifest[STATUS_KEY],
         "decoder": config.decoder,
         "a_ingest_job": jobs["python"],
         "a_ingest_job_reader_spark": jobs["spark"],

@@ -13,6 +13,8 @@ from pyspark.sql import SparkSession
 from skinspark import schema
 from skinspark.config import IngestConfig, TrainConfig
 from skinspark.ingest import ingest
+from skinspark.manifest import MANIFEST_FILE, STATUS_COMPLETE, STATUS_KEY
+from skinspark.model_dir import MODEL_FILE
 from skinspark.train import train
 
 
@@ -40,7 +42,7 @@ def trained_model(
 ) -> Path:
     """`work_dir/name`: the training job's model of `epochs` epochs, trained once and then reused."""
     model_dir = work_dir / name
-    if not (model_dir / "model.keras").is_file():
+    if not (model_dir / MODEL_FILE).is_file():
         table = ensure_table(spark, data_dir, work_dir, ingest_config)
         shutil.rmtree(model_dir, ignore_errors=True)
         train(spark, str(table), str(model_dir), dataclasses.replace(train_config, epochs=epochs), "")
@@ -55,8 +57,8 @@ def ensure_table(spark: SparkSession, data_dir: Path, work_dir: Path, config: In
         if (config.height, config.width) == (75, 100)
         else f"bench-table-{config.height}x{config.width}"
     )
-    manifest = table / "_manifest.json"
-    if not (manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete"):
+    manifest = table / MANIFEST_FILE
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get(STATUS_KEY) == STATUS_COMPLETE):
         image_dirs = [str(data_dir / folder) for folder in schema.IMAGE_FOLDERS]
         ingest(spark, image_dirs, str(data_dir / schema.METADATA_FILE), str(table), config)
     return table

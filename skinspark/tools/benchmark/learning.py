@@ -20,7 +20,14 @@ from sklearn.metrics import balanced_accuracy_score
 from skinspark import precision, schema
 from skinspark.config import IngestConfig, TrainConfig
 from skinspark.ingest import ingest
-from skinspark.model_dir import load_model, read_preprocessing
+from skinspark.manifest import MANIFEST_FILE, STATUS_COMPLETE, STATUS_KEY
+from skinspark.model_dir import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    TEST_PREDICTIONS_FILE,
+    load_model,
+    read_preprocessing,
+)
 from skinspark.table import EVAL_BATCH_SIZE, read_split
 from skinspark.tasks import get_task
 from skinspark.train import train
@@ -122,12 +129,12 @@ def sibling_breakdown(table: Path, model_dir: Path, task: str = "dx7") -> dict:
     generalises: the gain is at most the siblings' share of the test split times (training - unseen).
     A split by lesion has no siblings (their figures are None).
     """
-    manifest = json.loads((model_dir / "_manifest.json").read_text())
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     spec = read_preprocessing(str(model_dir))
     label_map = get_task(task).label_map
     train_rows = pd.read_parquet(table / "split=train", columns=[schema.LESION_ID])
     test_rows = pd.read_parquet(table / "split=test", columns=[schema.IMAGE_ID, schema.LESION_ID])
-    predictions = pd.read_csv(model_dir / "test_predictions.csv", dtype={schema.IMAGE_ID: str})
+    predictions = pd.read_csv(model_dir / TEST_PREDICTIONS_FILE, dtype={schema.IMAGE_ID: str})
     predictions = predictions.merge(test_rows, on=schema.IMAGE_ID, how="left", validate="one_to_one")
     sibling = predictions[schema.LESION_ID].isin(set(train_rows[schema.LESION_ID])).to_numpy()
 
@@ -179,16 +186,16 @@ def oversampled_copy(data_dir: Path, target: Path, per_class: int) -> Path:
 def _finished_training(model_dir: Path, config: TrainConfig):
     """(manifest, metrics, history) of a complete training run in `model_dir` with this config, else
     (None, None, None): a long benchmark interrupted after one run does not train that run again."""
-    path = model_dir / "_manifest.json"
+    path = model_dir / MANIFEST_FILE
     if not path.is_file():
         return None, None, None
     manifest = json.loads(path.read_text())
     recorded = dict(manifest.get("config") or {})
     recorded.setdefault("precision", precision.FLOAT32)  # a run from before the key trained in float32
-    if manifest.get("status") != "complete" or recorded != dataclasses.asdict(config):
+    if manifest.get(STATUS_KEY) != STATUS_COMPLETE or recorded != dataclasses.asdict(config):
         return None, None, None
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    return manifest, metrics, pd.read_csv(model_dir / "history.csv")
+    metrics = json.loads((model_dir / METRICS_FILE).read_text())
+    return manifest, metrics, pd.read_csv(model_dir / HISTORY_FILE)
 
 
 def _round(value: float) -> float:

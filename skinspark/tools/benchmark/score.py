@@ -19,6 +19,7 @@ from pyspark.sql import SparkSession
 from skinspark import precision, schema
 from skinspark.config import IngestConfig, ScoreConfig, TrainConfig
 from skinspark.images import list_images
+from skinspark.manifest import COUNTS_KEY, MANIFEST_FILE, STATUS_KEY
 from skinspark.preprocess import decode_image
 from skinspark.tools.benchmark.inputs import cached_files, dataset_files, trained_model
 from skinspark.tools.benchmark.timing import peak_tree_rss, timed, timed_rounds
@@ -97,8 +98,8 @@ def _score_sides(
             ),
             len(files),
             lambda result: {
-                "rows": result.manifest.get("counts", {}).get("rows"),
-                "status": result.manifest["status"],
+                "rows": result.manifest.get(COUNTS_KEY, {}).get("rows"),
+                "status": result.manifest[STATUS_KEY],
                 "precision": result.manifest["run"].get("workers", {}).get("precision"),
             },
         )
@@ -265,7 +266,7 @@ def score_memory(data_dir: Path, work_dir: Path, model_dir: Path, archive_files:
         ]
         started = time.perf_counter()
         peak = peak_tree_rss(command)
-        manifest = json.loads((output / "_manifest.json").read_text())
+        manifest = json.loads((output / MANIFEST_FILE).read_text())
         runs[name] = {
             "files": manifest["run"]["files_seen"],
             "seconds": round(time.perf_counter() - started, 1),

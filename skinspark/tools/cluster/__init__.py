@@ -21,7 +21,7 @@ from skinspark.tools.cluster.daemons import (
 )
 from skinspark.tools.cluster.runner import (
     JOBS,
-    JobResult,
+    SubmittedJob,
     job_script,
     pipeline,
     report,
@@ -36,7 +36,7 @@ __all__ = [
     "LOCALHOST",
     "ClusterError",
     "Daemons",
-    "JobResult",
+    "SubmittedJob",
     "alive_workers",
     "args_parser",
     "free_port",

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from skinspark import schema
+from skinspark.manifest import MANIFEST_FILE
 from skinspark.session import CONF_DIR, child_environment
 from skinspark.tools.cluster.daemons import ARCHIVE_NAME, STOP_GRACE_S, ClusterError, signal_group, spark_home
 
@@ -22,7 +23,11 @@ JOBS = ("ingest", "train", "score")
 
 
 @dataclasses.dataclass(frozen=True)
-class JobResult:
+class SubmittedJob:
+    """One spark-submit run of a job: the job's name, spark-submit's exit code, its wall time in
+    seconds and the file its output was logged to. (What a job itself returns is
+    `skinspark.manifest.JobResult`.)"""
+
     name: str
     returncode: int
     seconds: float
@@ -166,11 +171,11 @@ def run_jobs(
     properties_file: str | None,
     env_archive: str | None,
     extra_env: Mapping[str, str] | None = None,
-) -> list[JobResult]:
+) -> list[SubmittedJob]:
     """Generate the sample, then submit ingest, train and score in turn; stop at the first failure.
 
     Returns:
-        One JobResult per job that was started, in order.
+        One SubmittedJob per job that was started, in order.
     """
     from skinspark.tools.synthetic import format_summary, generate
 
@@ -180,14 +185,14 @@ def run_jobs(
     _remove_previous_model(output / "model")
     env = child_environment(extra_env)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    results: list[JobResult] = []
+    results: list[SubmittedJob] = []
     for name, job_args in pipeline(output, num_proc, epochs):
         command = submit_command(job_script(name), job_args, master, conf, properties_file, env_archive)
         log_path = output / "logs" / f"{name}.log"
         print(f"\n[{name}] {' '.join(command)}", flush=True)
         started = time.perf_counter()
         returncode = run_logged(command, log_path, env)
-        result = JobResult(name, returncode, round(time.perf_counter() - started, 1), str(log_path))
+        result = SubmittedJob(name, returncode, round(time.perf_counter() - started, 1), str(log_path))
         results.append(result)
         state = "ok" if result.ok else f"FAILED (exit code {returncode}, log {log_path})"
         print(f"[{name}] {state} in {result.seconds:.1f} s", flush=True)
@@ -199,11 +204,11 @@ def run_jobs(
 def _remove_previous_model(model_dir: Path) -> None:
     # The train job refuses a directory with checkpoints unless resuming; this demo starts afresh.
     # Only a directory the train job wrote is removed.
-    if (model_dir / "checkpoints").is_dir() or (model_dir / "_manifest.json").is_file():
+    if (model_dir / "checkpoints").is_dir() or (model_dir / MANIFEST_FILE).is_file():
         shutil.rmtree(model_dir)
 
 
-def report(results: Sequence[JobResult], master: str, output: Path) -> int:
+def report(results: Sequence[SubmittedJob], master: str, output: Path) -> int:
     """Print the per-job summary, write `cluster-run.json`; return the exit code (0: all three ran)."""
     print("\njob      result   wall time")
     for result in results:

@@ -154,18 +154,7 @@ def ingest(
         if config.folds:
             counts["folds"] = fold_counts(plan, config.folds)
         manifest = manifest_for(config, reader, image_paths, metadata_path, counts)
-        separator = detect_separator(read_header_line(spark, metadata_path))
-        manifest["inputs"]["metadata_separator"] = "tab" if separator == "\t" else "comma"
-        if written and written.notes:  # ingested as said: e.g. a multi-frame DICOM's first frame
-            manifest["notes"] = {
-                "count": len(written.notes),
-                "first": dict(sorted(written.notes.items())[:20]),
-            }
-        if listing.archives is not None:
-            manifest["archives"] = {
-                "totals": listing.archives.totals(),
-                "by_archive": listing.archives.counts,
-            }
+        _record_inputs(manifest, spark, metadata_path, listing, written)
         if fold_warnings:
             manifest["fold_warnings"] = fold_warnings
         bad = bad_fraction(counts)
@@ -180,6 +169,18 @@ def ingest(
     except BaseException:
         storage.delete(spark, staging)
         raise
+
+
+def _record_inputs(manifest: dict, spark, metadata_path: str, listing: images.Listing, written) -> None:
+    """Add what the inputs were like to the manifest: the metadata's separator, the archives' counts
+    (members, images, skipped, ignored) and the notes of images ingested with a remark (a multi-frame
+    DICOM's first frame)."""
+    separator = detect_separator(read_header_line(spark, metadata_path))
+    manifest["inputs"]["metadata_separator"] = "tab" if separator == "\t" else "comma"
+    if listing.archives is not None:
+        manifest["archives"] = {"totals": listing.archives.totals(), "by_archive": listing.archives.counts}
+    if written and written.notes:
+        manifest["notes"] = {"count": len(written.notes), "first": dict(sorted(written.notes.items())[:20])}
 
 
 def _list_images(spark: SparkSession, image_paths: Sequence[str], reader: str) -> tuple[images.Listing, str]:

@@ -77,37 +77,30 @@ def spark(tmp_path_factory):
         session.stop()
 
 
-@pytest.fixture(scope="session")
-def ingested(spark, tmp_path_factory) -> Path:
-    """A small ingested table (150 generated images, split by lesion) that training tests share."""
-    from jobs import ingest as ingest_job
+def generated_dataset(directory: Path, images: int, seed: int, workers: int = 2) -> Path:
+    """A generated HAM10000-shaped dataset (`skinspark.tools.synthetic.generate`) written into
+    `directory`: the one way every test module makes its images."""
     from skinspark.tools.synthetic import generate
 
-    source = tmp_path_factory.mktemp("train-source")
-    generate(source, images=150, seed=1, workers=2, overwrite=True)
-    table = tmp_path_factory.mktemp("train-table") / "ham"
+    generate(directory, images=images, seed=seed, workers=workers, overwrite=True)
+    return directory
+
+
+def ingested_table(source: Path, table: Path, *arguments: str) -> Path:
+    """`source` (a generated dataset) ingested into `table` by the ingest job with `arguments` added;
+    the job must succeed."""
+    from jobs import ingest as ingest_job
+
+    metadata = str(source / schema.METADATA_FILE)
     code = ingest_job.main(
-        ["--images", str(source), "--metadata", str(source / schema.METADATA_FILE), "--output", str(table)]
+        ["--images", str(source), "--metadata", metadata, "--output", str(table), *arguments]
     )
     assert code == 0
     return table
 
 
 @pytest.fixture(scope="session")
-def model_artifacts() -> set[str]:
-    """What a finished training run leaves in MODEL_DIR (docs/jobs.md: "What `MODEL_DIR` holds")."""
-    return {
-        "model.keras",
-        "labels.json",
-        "preprocessing.json",
-        "_config.yaml",
-        "ingest_manifest.json",
-        "metrics.json",
-        "history.csv",
-        "test_predictions.csv",
-        "training_curves.png",
-        "confusion_matrix.png",
-        "reliability_diagram.png",
-        "_manifest.json",
-        "checkpoints",
-    }
+def ingested(spark, tmp_path_factory) -> Path:
+    """A small ingested table (150 generated images, split by lesion) that training tests share."""
+    source = generated_dataset(tmp_path_factory.mktemp("train-source"), images=150, seed=1)
+    return ingested_table(source, tmp_path_factory.mktemp("train-table") / "ham")

@@ -25,8 +25,7 @@ from skinspark.images import IMAGE_SUFFIXES, archives, read_file, read_files
 from skinspark.preprocess import decode_image, decode_many
 from skinspark.score import ERROR, ERROR_REASON, PATH, PREDICTED_DX, predict_udf
 from skinspark.score import chunks as score_chunks
-from skinspark.tools.synthetic import generate
-from tests.conftest import tiny_model_dir
+from tests.conftest import generated_dataset, tiny_model_dir
 
 STORED, DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 DEFLATE64 = 9  # a method Python's zipfile cannot decompress
@@ -103,7 +102,7 @@ def _missing(value) -> bool:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generated")
-    generate(root, images=20, seed=23, workers=1, overwrite=True)
+    generated_dataset(root, images=20, seed=23, workers=1)
     return root
 
 

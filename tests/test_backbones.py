@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import jobs.ingest as ingest_job
 import jobs.score as score_job
 import jobs.train as train_job
 from skinspark import schema
@@ -25,10 +24,9 @@ from skinspark.model import (
     set_trainable_layers,
 )
 from skinspark.model_dir import load_model, read_preprocessing, save_model_dir
-from skinspark.tools.synthetic import generate
 from skinspark.train import rank
 from skinspark.train.rank import Phase, restore_into, training_phases
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, generated_dataset, ingested_table
 
 SMALL = (32, 32, 3)  # MobileNetV2's smallest input: the cheapest backbone to build in a test
 
@@ -148,18 +146,9 @@ def test_unusable_weights_and_sizes_are_clear_errors(tmp_path):
 def small_table(spark, tmp_path_factory):
     """120 generated images ingested at 32x40, MobileNetV2's size range, with the source folder."""
     source = tmp_path_factory.mktemp("backbone-source")
-    generate(source, images=120, seed=3, workers=2, overwrite=True)
+    generated_dataset(source, images=120, seed=3, workers=2)
     table = tmp_path_factory.mktemp("backbone-table") / "ham"
-    arguments = [
-        "--images",
-        str(source),
-        "--metadata",
-        str(source / schema.METADATA_FILE),
-        "--output",
-        str(table),
-    ]
-    assert ingest_job.main([*arguments, "--height", "32", "--width", "40"]) == 0
-    return source, table
+    return source, ingested_table(source, table, "--height", "32", "--width", "40")
 
 
 @pytest.mark.slow

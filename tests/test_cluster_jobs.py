@@ -32,9 +32,8 @@ from jobs import score as score_job
 from skinspark import precision, schema
 from skinspark.table import EVAL_BATCH_SIZE
 from skinspark.tools import cluster
-from skinspark.tools.synthetic import generate
 from skinspark.train.distribute_launch import WORKER_RANK_ENV
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, generated_dataset
 
 pytestmark = pytest.mark.cluster
 
@@ -200,7 +199,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def source(work) -> Path:
     root = work / "data"
-    generate(root, images=IMAGES, seed=SEED, workers=2)
+    generated_dataset(root, images=IMAGES, seed=SEED, workers=2)
     return root
 
 

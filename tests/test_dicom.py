@@ -22,8 +22,7 @@ from skinspark.images import dicom
 from skinspark.preprocess import decode_image, decode_many, decode_noted
 from skinspark.score import ERROR_REASON, PATH
 from skinspark.score.columns import NOTE
-from skinspark.tools.synthetic import generate
-from tests.conftest import tiny_model_dir
+from tests.conftest import generated_dataset, tiny_model_dir
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
@@ -107,7 +106,7 @@ def _png(pixels: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generated")
-    generate(root, images=10, seed=29, workers=1, overwrite=True)
+    generated_dataset(root, images=10, seed=29, workers=1)
     return root
 
 

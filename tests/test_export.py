@@ -11,14 +11,13 @@ import pytest
 import tensorflow as tf
 
 import jobs.export as export_job
-import jobs.ingest as ingest_job
 import jobs.score as score_job
 from skinspark import schema
 from skinspark import score as score_lib
 from skinspark.model import build_model
 from skinspark.model_dir import EXPORT_FILE, TFLITE_FILE, save_model_dir
 from skinspark.table import petastorm_url, read_split
-from skinspark.tools.synthetic import generate
+from tests.conftest import generated_dataset, ingested_table
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +25,8 @@ def trained(spark, tmp_path_factory):
     """A small table and the paper's CNN fitted on its train split for a few epochs in memory, saved as a
     model directory whose _manifest.json names the table (as the training job writes it)."""
     source = tmp_path_factory.mktemp("export-source")
-    generate(source, images=150, seed=4, workers=2, overwrite=True)
-    table = tmp_path_factory.mktemp("export-table") / "ham"
-    arguments = [
-        "--images",
-        str(source),
-        "--metadata",
-        str(source / schema.METADATA_FILE),
-        "--output",
-        str(table),
-    ]
-    assert ingest_job.main(arguments) == 0
+    generated_dataset(source, images=150, seed=4, workers=2)
+    table = ingested_table(source, tmp_path_factory.mktemp("export-table") / "ham")
     url = petastorm_url(table.absolute().as_uri())
     split = read_split(f"{url}/split=train", 75, 100)
     tf.keras.utils.set_random_seed(0)

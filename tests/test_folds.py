@@ -19,11 +19,10 @@ from skinspark.config import check_folds
 from skinspark.ingest.split import assign_folds, missing_classes
 from skinspark.metrics import classification_metrics
 from skinspark.model_dir import CROSS_VALIDATION_CSV, CROSS_VALIDATION_JSON
-from skinspark.tools.synthetic import generate
 from skinspark.train import TrainInputError
 from skinspark.train.cross_validation import METRICS
 from skinspark.train.folds import FOLD_DATA, fold_table
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, generated_dataset
 
 # --------------------------------------------------------------------------------------------------
 # The fold assignment on small frames (no Spark)
@@ -102,7 +101,7 @@ def test_a_class_with_fewer_lesions_than_folds_is_named_not_fatal():
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("folds-source")
-    generate(root, images=150, seed=1, workers=2, overwrite=True)
+    generated_dataset(root, images=150, seed=1, workers=2)
     return root
 
 

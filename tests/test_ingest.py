@@ -20,7 +20,7 @@ from skinspark import schema
 from skinspark.ingest import CORRUPT_COLUMN, ROW_NUMBER, resolve_fates, validate_metadata
 from skinspark.preprocess import decode_image
 from skinspark.table import read_split
-from skinspark.tools.synthetic import generate
+from tests.conftest import generated_dataset
 
 # --------------------------------------------------------------------------------------------------
 # Validation and fates on small frames (no Spark, no files)
@@ -148,7 +148,7 @@ def _save(image: Image.Image, path: Path, fmt: str = "JPEG", **options) -> None:
 def messy_dataset(tmp_path_factory):
     """~100 generated images, then every kind of bad or odd input a real archive has."""
     root = tmp_path_factory.mktemp("messy")
-    generate(root, images=100, seed=5, workers=2)
+    generated_dataset(root, images=100, seed=5, workers=2)
     csv_path = root / schema.METADATA_FILE
     meta = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     files = {path.stem: path for path in root.rglob("*.jpg")}

@@ -10,23 +10,21 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score
 
-from jobs import ingest as ingest_job
 from jobs import train as train_job
 from skinspark import schema
 from skinspark.preprocess import decode_image
 from skinspark.tools.benchmark.learning import sibling_breakdown
-from skinspark.tools.synthetic import generate
+from tests.conftest import generated_dataset, ingested_table
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sibling_breakdown_of_a_split_by_image(spark, tmp_path):
     source = tmp_path / "source"
-    generate(source, images=200, seed=3, workers=2, overwrite=True)
+    generated_dataset(source, images=200, seed=3, workers=2)
     table, model_dir = tmp_path / "table", tmp_path / "model"
     metadata_csv = str(source / schema.METADATA_FILE)
-    ingest_args = ["--images", str(source), "--metadata", metadata_csv, "--output", str(table)]
-    assert ingest_job.main([*ingest_args, "--conf", "split_by=image"]) == 0
+    ingested_table(source, table, "--conf", "split_by=image")
     train_args = ["--data", str(table), "--output", str(model_dir), "--epochs", "1", "--precision", "float32"]
     assert train_job.main([*train_args, "--num-proc", "2", "--batch-size", "16"]) == 0
 

@@ -16,7 +16,7 @@ from jobs import ingest as ingest_job
 from skinspark import schema
 from skinspark.ingest import CORRUPT_COLUMN, ROW_NUMBER, IngestError, read_metadata, validate_metadata
 from skinspark.ingest.metadata import COMMA, TAB, detect_separator
-from skinspark.tools.synthetic import generate
+from tests.conftest import generated_dataset
 
 HEADER = [*schema.METADATA_COLUMNS, "dataset"]
 # Rows as Dataverse exports them: text quoted, `age` a bare number or nothing at all.
@@ -130,7 +130,7 @@ def test_detect_separator_reads_the_header(header, separator):
 @pytest.mark.slow
 def test_the_ingest_job_takes_a_dataverse_tab_file(spark, tmp_path):
     source = tmp_path / "source"
-    generate(source, images=20, seed=3, workers=1, overwrite=True)
+    generated_dataset(source, images=20, seed=3, workers=1)
     meta = pd.read_csv(source / schema.METADATA_FILE, dtype=str, keep_default_na=False)
     # The generator writes ages as "45.0" and a missing age as nothing, as Dataverse does (unquoted).
     tab_path = source / "HAM10000_metadata.tab"

@@ -20,8 +20,7 @@ from skinspark import schema
 from skinspark import score as score_lib
 from skinspark.preprocess import decode_image
 from skinspark.score import chunks as score_chunks
-from skinspark.tools.synthetic import generate
-from tests.conftest import tiny_model_dir
+from tests.conftest import generated_dataset, tiny_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("readers")
-    generate(root, images=24, seed=21, workers=2)
+    generated_dataset(root, images=24, seed=21, workers=2)
     return root
 
 

@@ -23,8 +23,7 @@ from skinspark import score as score_lib
 from skinspark.manifest import SCORING_METRICS_FILE
 from skinspark.preprocess import decode_image
 from skinspark.score import chunks as score_chunks
-from skinspark.tools.synthetic import generate
-from tests.conftest import tiny_model_dir
+from tests.conftest import generated_dataset, tiny_model_dir
 
 
 def _jpeg(image: Image.Image, **options) -> bytes:
@@ -40,7 +39,7 @@ def _rows(output: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("generated")
-    generate(root, images=30, seed=11, workers=2)
+    generated_dataset(root, images=30, seed=11, workers=2)
     return root
 
 

@@ -23,9 +23,8 @@ from skinspark.manifest import SCORING_METRICS_FILE
 from skinspark.metrics import classification_metrics, headline, operating_threshold
 from skinspark.model_dir import read_model_spec, threshold_of
 from skinspark.tasks import DX7, MALIGNANT, get_task, task_of_labels
-from skinspark.tools.synthetic import generate
 from skinspark.train.pipeline import Pipeline, pixel_batches
-from tests.conftest import BACKENDS, tiny_model_dir
+from tests.conftest import BACKENDS, generated_dataset, tiny_model_dir
 
 # --------------------------------------------------------------------------------------------------
 # No Spark: the mapping, the metrics, the training pipeline's labels
@@ -152,7 +151,7 @@ def test_malignant_training_run(backend, ingested, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generated-tasks")
-    generate(root, images=30, seed=11, workers=2)
+    generated_dataset(root, images=30, seed=11, workers=2)
     return root
 
 

@@ -18,13 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import ingest as ingest_job
 from skinspark import schema, tracking
 from skinspark.config import ScoreConfig, TrainConfig, load_config
 from skinspark.entry import score as score_job
 from skinspark.entry import train as train_job
 from skinspark.metrics import classification_metrics
-from skinspark.tools.synthetic import generate
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra is not installed")
 
@@ -176,18 +174,6 @@ def test_an_unreachable_server_fails_before_training(spark, tmp_path, monkeypatc
 
 # --------------------------------------------------------------------------------------------------
 # One small training run logged to SQLite with its model registered, then scoring its test split
-
-
-@pytest.fixture(scope="module")
-def ingested(spark, tmp_path_factory) -> Path:
-    source = tmp_path_factory.mktemp("tracking-source")
-    generate(source, images=150, seed=1, workers=2, overwrite=True)
-    table = tmp_path_factory.mktemp("tracking-table") / "ham"
-    code = ingest_job.main(
-        ["--images", str(source), "--metadata", str(source / schema.METADATA_FILE), "--output", str(table)]
-    )
-    assert code == 0
-    return table
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,28 @@ def ingested_table(source: Path, table: Path, *arguments: str) -> Path:
     )
     assert code == 0
     return table
+
+
+class Killed(Exception):
+    """Stands for a kill of the driver in the middle of a chunk's commit."""
+
+
+def kill_on_commit(monkeypatch, output: Path, commit: int = 2) -> None:
+    """Make the scoring job's commit number `commit` (0-based) leave its chunk fully written in a staging
+    directory inside `output`, never renamed, and stop with `Killed`: what a kill leaves behind."""
+    from skinspark.score import chunks as score_chunks
+
+    real_publish = score_chunks.publish
+    published = []
+
+    def killed(spark_session, staging, final, **options):
+        if len(published) == commit:
+            shutil.copytree(staging.removeprefix("file:"), output / f".chunk={commit:06d}.staging-killed")
+            raise Killed
+        real_publish(spark_session, staging, final, **options)
+        published.append(final)
+
+    monkeypatch.setattr(score_chunks, "publish", killed)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import struct
 import tempfile
 import zipfile
@@ -24,8 +23,7 @@ from skinspark.errors import ImageError
 from skinspark.images import IMAGE_SUFFIXES, archives, read_file, read_files
 from skinspark.preprocess import decode_image, decode_many
 from skinspark.score import ERROR, ERROR_REASON, PATH, PREDICTED_DX, predict_udf
-from skinspark.score import chunks as score_chunks
-from tests.conftest import generated_dataset, tiny_model_dir
+from tests.conftest import Killed, generated_dataset, kill_on_commit, tiny_model_dir
 
 STORED, DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 DEFLATE64 = 9  # a method Python's zipfile cannot decompress
@@ -618,10 +616,6 @@ def test_predict_udf_reads_member_paths_as_the_job_does(spark, scored, dataset_z
     assert got.loc[paths[-1], ERROR_REASON] == schema.REASON_BAD_ARCHIVE
 
 
-class _Killed(Exception):
-    """Stands for a kill of the driver in the middle of a chunk's commit."""
-
-
 @pytest.mark.slow
 def test_resume_after_a_kill_scores_each_member_once(spark, generated, model_dir, tmp_path, monkeypatch):
     sources = _jpegs(generated)[:12]
@@ -634,19 +628,8 @@ def test_resume_after_a_kill_scores_each_member_once(spark, generated, model_dir
     )
     expected = {f"{_uri(zipped)}!/{index % 3}/{path.name}" for index, path in enumerate(sources)}
     output = tmp_path / "predictions"
-    real_publish = score_chunks.publish
-    published = []
-
-    def killed_on_third_commit(spark_session, staging, final, **options):
-        if len(published) == 2:
-            # What a kill leaves: the third chunk fully written in its staging directory, never renamed.
-            shutil.copytree(staging.removeprefix("file:"), output / ".chunk=000002.staging-killed")
-            raise _Killed
-        real_publish(spark_session, staging, final, **options)
-        published.append(final)
-
-    monkeypatch.setattr(score_chunks, "publish", killed_on_third_commit)
-    with pytest.raises(_Killed):
+    kill_on_commit(monkeypatch, output)
+    with pytest.raises(Killed):
         _score(model_dir, [str(zipped)], output, "--conf", "chunk_files=3")
     monkeypatch.undo()
     before = pd.read_parquet(output)

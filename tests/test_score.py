@@ -22,8 +22,7 @@ from skinspark import model_dir as model_dir_lib
 from skinspark import score as score_lib
 from skinspark.manifest import SCORING_METRICS_FILE
 from skinspark.preprocess import decode_image
-from skinspark.score import chunks as score_chunks
-from tests.conftest import generated_dataset, tiny_model_dir
+from tests.conftest import Killed, generated_dataset, kill_on_commit, tiny_model_dir
 
 
 def _jpeg(image: Image.Image, **options) -> bytes:
@@ -340,10 +339,6 @@ def test_manifest_and_summary_count_the_output(scored, model_dir):
 # Resume
 
 
-class _Killed(Exception):
-    """Stands for a kill of the driver in the middle of a chunk's commit."""
-
-
 @pytest.mark.slow
 def test_resume_after_a_kill_gives_one_row_per_file(spark, generated, model_dir, tmp_path, monkeypatch):
     archive = tmp_path / "archive"
@@ -362,19 +357,8 @@ def test_resume_after_a_kill_gives_one_row_per_file(spark, generated, model_dir,
         "--conf",
         "chunk_files=3",
     ]
-    real_publish = score_chunks.publish
-    published = []
-
-    def killed_on_third_commit(spark_session, staging, final, **options):
-        if len(published) == 2:
-            # What a kill leaves: the third chunk fully written in its staging directory, never renamed.
-            shutil.copytree(staging.removeprefix("file:"), output / ".chunk=000002.staging-killed")
-            raise _Killed
-        real_publish(spark_session, staging, final, **options)
-        published.append(final)
-
-    monkeypatch.setattr(score_chunks, "publish", killed_on_third_commit)
-    with pytest.raises(_Killed):
+    kill_on_commit(monkeypatch, output)
+    with pytest.raises(Killed):
         score_job.main(args)
     monkeypatch.undo()
     before = _rows(output)

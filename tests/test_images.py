@@ -8,7 +8,6 @@ import pytest
 from pyarrow import fs as pafs
 
 from skinspark import images, schema
-from skinspark.images import files as image_files
 from skinspark.preprocess import ImageError
 
 
@@ -47,25 +46,29 @@ def test_a_file_that_cannot_be_read_becomes_an_unreadable_file_error(tmp_path):
 
 def test_object_store_paths_map_to_pyarrow_file_systems(tmp_path, monkeypatch):
     # A local directory stands in for each store: s3a:// maps to s3 with bucket/key paths, hdfs://
-    # keeps its authority (namenode:port) and an absolute path inside the file system.
+    # keeps its authority (namenode:port) and an absolute path inside the file system. Buckets and
+    # name nodes no other test uses, so the file systems this test connects stay its own.
     (tmp_path / "bucket" / "x").mkdir(parents=True)
     (tmp_path / "bucket" / "x" / "a.jpg").write_bytes(b"from s3")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "b.jpg").write_bytes(b"from hdfs")
     connected = []
 
-    def fake_connect(kind, authority):
-        connected.append((kind, authority))
-        return pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    def store(kind):
+        def connect(*args, **kwargs):  # stands for S3FileSystem() / HadoopFileSystem(host, port)
+            connected.append((kind, args))
+            return pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+
+        return connect
 
     with zipfile.ZipFile(tmp_path / "bucket" / "x" / "z.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("in/c.jpg", b"member of a zip on s3")
-    monkeypatch.setattr(image_files, "_connect", fake_connect)
-    monkeypatch.setattr(image_files, "_FILE_SYSTEMS", {})
+    monkeypatch.setattr(pafs, "S3FileSystem", store("s3"))
+    monkeypatch.setattr(pafs, "HadoopFileSystem", store("hdfs"))
     assert images.read_file("s3a://bucket/x/a.jpg") == b"from s3"
     assert images.read_file("s3://bucket/x/a.jpg") == b"from s3"  # same file system, connected once
     assert images.read_file("hdfs://namenode:8020/data/b.jpg") == b"from hdfs"
-    assert connected == [("s3", "bucket"), ("hdfs", "namenode:8020")]
+    assert connected == [("s3", ()), ("hdfs", ("namenode", 8020))]
     # A zip member on an object store: the archive opened through pyarrow's random access file.
     assert images.read_file("s3a://bucket/x/z.zip!/in/c.jpg") == b"member of a zip on s3"
     assert isinstance(images.read_files(["s3a://bucket/x/missing.jpg"])[0], ImageError)

@@ -127,3 +127,23 @@ def ingested(spark, tmp_path_factory) -> Path:
     """A small ingested table (150 generated images, split by lesion) that training tests share."""
     source = generated_dataset(tmp_path_factory.mktemp("train-source"), images=150, seed=1)
     return ingested_table(source, tmp_path_factory.mktemp("train-table") / "ham")
+
+
+@pytest.fixture(scope="session")
+def model_artifacts() -> set[str]:
+    """What a finished training run leaves in MODEL_DIR (docs/jobs.md: "What `MODEL_DIR` holds")."""
+    return {
+        "model.keras",
+        "labels.json",
+        "preprocessing.json",
+        "_config.yaml",
+        "ingest_manifest.json",
+        "metrics.json",
+        "history.csv",
+        "test_predictions.csv",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "reliability_diagram.png",
+        "_manifest.json",
+        "checkpoints",
+    }
